@@ -1,0 +1,40 @@
+"""Shared test fixtures: locations of the optional real data and reference packages."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path:
+    """The real CT folder: $NFRECON_DATA, else ../shared/data beside the repository."""
+    return Path(os.environ.get("NFRECON_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """Path of ../shared/data; the test is skipped when the folder is absent."""
+    d = shared_data_dir()
+    if not d.is_dir():
+        pytest.skip(f"real CT data not present at {d}")
+    return d
+
+
+@pytest.fixture
+def rtk():
+    """The ``itk`` module with RTK loaded; skipped when itk-rtk is not installed."""
+    itk = pytest.importorskip("itk")
+    pytest.importorskip("itk.RTK")
+    return itk
+
+
+@pytest.fixture
+def cuda_device():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    return torch.device("cuda")
