@@ -54,8 +54,8 @@ def ray_box(
 
     Returns ``t_near, t_far`` (R,) in units of the ray parameter (mm for unit directions),
     with ``t_near >= 0`` (the part behind the origin is cut). A ray that misses the box
-    has ``t_far <= t_near``; use ``(t_far - t_near).clamp(min=0)`` as its length.
-    Axis-parallel rays are handled (no NaN).
+    (or only grazes it) gets ``t_near = t_far = 0``, so its length is 0 and its samples are
+    finite. Axis-parallel rays are handled (no NaN or Inf).
     """
     lo = torch.as_tensor(np.asarray(box_min, dtype=np.float64), dtype=origins.dtype, device=origins.device)
     hi = torch.as_tensor(np.asarray(box_max, dtype=np.float64), dtype=origins.dtype, device=origins.device)
@@ -66,7 +66,8 @@ def ray_box(
     t1 = (hi - origins) * inv
     t_near = torch.minimum(t0, t1).amax(dim=1).clamp(min=0.0)
     t_far = torch.maximum(t0, t1).amin(dim=1)
-    return t_near, t_far
+    hit = t_far > t_near
+    return torch.where(hit, t_near, 0.0), torch.where(hit, t_far, 0.0)
 
 
 def stratified_samples(

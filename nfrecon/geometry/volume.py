@@ -18,7 +18,10 @@ Triple = tuple[float, float, float]
 
 
 def _triple(value, name: str, kind=float) -> tuple:
-    arr = np.broadcast_to(np.asarray(value, dtype=np.float64), (3,))
+    try:
+        arr = np.broadcast_to(np.asarray(value, dtype=np.float64), (3,))
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"volume geometry: {name} must be 3 numbers (z, y, x), got {value!r}") from exc
     if not np.all(np.isfinite(arr)):
         raise InputError(f"volume geometry: {name} must be finite, got {tuple(arr)}")
     return tuple(kind(a) for a in arr)

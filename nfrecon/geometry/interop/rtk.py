@@ -87,6 +87,7 @@ def from_rtk_geometry(
     det_shape: (rows, cols); spacing: (sx, sy) mm of the projection image (x along columns);
     origin: (ox, oy) mm, projection coordinates of pixel (0, 0).
     """
+    itk = _itk()
     nv, nu = (int(s) for s in det_shape)
     sx, sy = (float(s) for s in spacing)
     ox, oy = (float(s) for s in origin)
@@ -96,7 +97,7 @@ def from_rtk_geometry(
     src, det, u, v = (np.empty((n, 3)) for _ in range(4))
     centre = np.array([ox + (nu - 1) / 2 * sx, oy + (nv - 1) / 2 * sy, 0.0, 1.0])
     for i in range(n):
-        m = np.array(rtk_geometry.GetProjectionCoordinatesToFixedSystemMatrix(i), dtype=np.float64)
+        m = np.asarray(itk.array_from_matrix(rtk_geometry.GetProjectionCoordinatesToFixedSystemMatrix(i)), np.float64)
         src[i] = np.array(rtk_geometry.GetSourcePosition(i), dtype=np.float64)[:3]
         det[i] = (m @ centre)[:3]
         u[i] = m[:3, 0] * sx
@@ -143,7 +144,7 @@ def volume_to_rtk_image(volume: np.ndarray, vol_geom: VolumeGeometry):
 def volume_from_rtk_image(image) -> tuple[np.ndarray, VolumeGeometry]:
     """Inverse of :func:`volume_to_rtk_image` (identity direction matrix assumed)."""
     itk = _itk()
-    if not np.allclose(np.array(image.GetDirection()), np.eye(3)):
+    if not np.allclose(itk.array_from_matrix(image.GetDirection()), np.eye(3)):
         raise InputError("RTK volume image has a non-identity direction matrix")
     arr = np.asarray(itk.array_from_image(image), dtype=np.float32)
     vol = np.ascontiguousarray(arr[::-1].transpose(1, 0, 2))

@@ -1,0 +1,70 @@
+"""Small fully connected networks for neural fields (NAF style, with an input skip)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from nfrecon.errors import InputError
+
+ACTIVATIONS = {"leaky_relu": nn.LeakyReLU, "relu": nn.ReLU}
+OUT_ACTIVATIONS = {"sigmoid": nn.Sigmoid, "softplus": nn.Softplus, "none": nn.Identity}
+
+
+@dataclass(frozen=True)
+class MLPConfig:
+    """hidden: output widths of the hidden layers (len(hidden) + 1 linear layers in all);
+    skips: indices of the linear layers whose input is ``cat([x_in, h])`` (the network
+    input concatenated before the previous layer's output, as NAF), 1 <= skip <= len(hidden);
+    activation: after each hidden layer ("leaky_relu", slope 0.01, or "relu");
+    out_activation: on the output ("sigmoid", "softplus" or "none").
+    """
+
+    hidden: tuple[int, ...] = (32, 32, 32)
+    skips: tuple[int, ...] = (2,)
+    activation: str = "leaky_relu"
+    out_activation: str = "sigmoid"
+
+    def __post_init__(self):
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        object.__setattr__(self, "skips", tuple(sorted({int(s) for s in self.skips})))
+        if not self.hidden or min(self.hidden) < 1:
+            raise InputError(f"mlp: hidden must be one or more positive widths, got {self.hidden}")
+        if any(not 1 <= s <= len(self.hidden) for s in self.skips):
+            raise InputError(f"mlp: skips must lie in [1, {len(self.hidden)}], got {self.skips}")
+        if self.activation not in ACTIVATIONS:
+            raise InputError(f"mlp: activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
+        if self.out_activation not in OUT_ACTIVATIONS:
+            raise InputError(f"mlp: out_activation must be one of {sorted(OUT_ACTIVATIONS)}, got {self.out_activation!r}")
+
+    def layer_shapes(self, in_dim: int, out_dim: int) -> list[tuple[int, int]]:
+        """(fan_in, fan_out) of each linear layer."""
+        outs = [*self.hidden, out_dim]
+        ins = [in_dim, *self.hidden]
+        return [(fi + (in_dim if i in self.skips else 0), fo) for i, (fi, fo) in enumerate(zip(ins, outs))]
+
+    def n_params(self, in_dim: int, out_dim: int) -> int:
+        return sum((fi + 1) * fo for fi, fo in self.layer_shapes(in_dim, out_dim))
+
+
+class MLP(nn.Module):
+    """(..., in_dim) -> (..., out_dim); PyTorch's default Linear initialisation."""
+
+    def __init__(self, in_dim: int, out_dim: int, cfg: MLPConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.layers = nn.ModuleList(nn.Linear(fi, fo) for fi, fo in cfg.layer_shapes(in_dim, out_dim))
+        self.act = ACTIVATIONS[cfg.activation]()
+        self.out_act = OUT_ACTIVATIONS[cfg.out_activation]()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            if i in self.cfg.skips:
+                h = torch.cat([x, h], dim=-1)
+            h = layer(h)
+            h = self.act(h) if i < last else self.out_act(h)
+        return h

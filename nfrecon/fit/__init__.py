@@ -1,0 +1,1 @@
+"""Fitting fields to scans: per-scan NAF fitting (and, later, conditioned fields)."""

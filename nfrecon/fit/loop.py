@@ -1,0 +1,317 @@
+"""The fitting loop: ray sampling, data term, Adam, held-out stopping, checkpoints, outputs.
+
+The loop is model-agnostic: it fits any ``torch.nn.Module`` field (points (..., 3) world
+mm (z, y, x) -> mu 1/mm) to a scan's line integrals. Resuming from a checkpoint continues
+bit for bit: model, optimiser, schedule, stopping state and every random generator are
+restored, and nothing but ray sampling and jitter draws random numbers.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nfrecon.configio import to_dict
+from nfrecon.data.nifti import write_nifti
+from nfrecon.data.scan import Scan
+from nfrecon.data.volumes import resample
+from nfrecon.errors import InputError
+from nfrecon.fields.naf import evaluate_grid
+from nfrecon.fit.checkpoint import config_mismatches, load_checkpoint, save_checkpoint
+from nfrecon.fit.config import FitConfig
+from nfrecon.fit.stopping import EarlyStopper, split_views
+from nfrecon.fsutil import atomic_write_text
+from nfrecon.metrics import evaluate
+from nfrecon.outputs.preview import save_preview
+from nfrecon.outputs.progress import progress
+from nfrecon.outputs.tensorboard import TBLogger
+from nfrecon.render.raymarch import RayMarcher
+
+MAX_DIVERGENCE_RETRIES = 4
+
+
+@dataclass
+class FitResult:
+    volume: np.ndarray
+    """Reconstruction on the scan's recon grid, [z, y, x] mu in 1/mm."""
+    metrics: dict
+    """What metrics.json holds."""
+    steps_run: int
+    stopped_early: bool
+
+
+def _lr_factor(cfg: FitConfig):
+    steps, ratio, kind = max(cfg.steps, 1), cfg.optim.final_lr_ratio, cfg.optim.schedule
+
+    def factor(step: int) -> float:
+        frac = min(step / steps, 1.0)
+        if kind == "exp":
+            return ratio**frac
+        if kind == "cosine":
+            return ratio + (1 - ratio) * 0.5 * (1 + math.cos(math.pi * frac))
+        return 1.0
+
+    return factor
+
+
+class _RaySource:
+    """Draws training ray indices (flat into the projection stack) from a CPU generator."""
+
+    def __init__(self, scan: Scan, train_views: np.ndarray, cfg: FitConfig, generator: torch.Generator):
+        nv, nu = scan.geom.det_shape
+        self.per_view = nv * nu
+        self.views = torch.as_tensor(train_views, dtype=torch.long)
+        self.cfg = cfg.sampling
+        self.gen = generator
+
+    def draw(self) -> torch.Tensor:
+        n = self.cfg.rays_per_step
+        if self.cfg.mode == "view":
+            view = self.views[torch.randint(len(self.views), (1,), generator=self.gen)]
+            pix = torch.randint(self.per_view, (n,), generator=self.gen)
+            return view * self.per_view + pix
+        views = self.views[torch.randint(len(self.views), (n,), generator=self.gen)]
+        return views * self.per_view + torch.randint(self.per_view, (n,), generator=self.gen)
+
+
+def _holdout_rays(scan: Scan, hold_views: np.ndarray, n_rays: int, seed: int) -> torch.Tensor:
+    nv, nu = scan.geom.det_shape
+    all_rays = (torch.as_tensor(hold_views)[:, None] * (nv * nu) + torch.arange(nv * nu)[None]).reshape(-1)
+    if n_rays <= 0 or len(all_rays) <= n_rays:
+        return all_rays
+    pick = torch.randperm(len(all_rays), generator=torch.Generator().manual_seed(seed + 7919))[:n_rays]
+    return all_rays[pick.sort().values]
+
+
+class FitRun:
+    """One fit of ``model`` to ``scan`` writing into ``cfg.out``; call :meth:`run`."""
+
+    def __init__(self, model: torch.nn.Module, scan: Scan, cfg: FitConfig, device: torch.device, param_groups=None):
+        if cfg.steps < 1:
+            raise InputError(f"--steps must be >= 1, got {cfg.steps}")
+        if cfg.loss.kind == "poisson" and not scan.photons:
+            raise InputError("loss.kind=poisson needs the scan's photon count (the scan has none); use --loss.kind mse")
+        self.model, self.scan, self.cfg, self.device = model.to(device), scan, cfg, device
+        self.out = Path(cfg.out)
+        self.grid_geom = scan.recon_geom
+        self.marcher = RayMarcher(scan.geom, self.grid_geom, cfg.sampling.n_samples, device)
+        self.train_views, self.hold_views = split_views(scan.geom.n_views, cfg.stop.holdout_fraction)
+        self.proj = torch.as_tensor(scan.projections, dtype=torch.float32).reshape(-1).to(device)
+        if cfg.loss.kind == "poisson":
+            weight = torch.exp(-self.proj)
+            nv, nu = scan.geom.det_shape
+            train_mask = torch.zeros(scan.geom.n_views, dtype=torch.bool)
+            train_mask[torch.as_tensor(self.train_views)] = True
+            train_rays = train_mask.repeat_interleave(nv * nu).to(device)
+            self.weight = weight / weight[train_rays].mean()
+        else:
+            self.weight = None
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.jitter_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+        self.rays = _RaySource(scan, self.train_views, cfg, self.gen)
+        self.hold_rays = _holdout_rays(scan, self.hold_views, cfg.stop.eval_rays, cfg.seed)
+        self.opt = torch.optim.Adam(param_groups if param_groups is not None else model.parameters(), lr=cfg.optim.lr)
+        self.base_lrs = [g["lr"] for g in self.opt.param_groups]
+        self.lr_factor = _lr_factor(cfg)
+        self.lr_scale = 1.0
+        self.stopper = EarlyStopper(cfg.stop.patience, cfg.stop.min_improvement)
+        self.best_state = None
+        self.step = 0
+        self.gt = self._ground_truth()
+
+    # ------------------------------------------------------------------ state
+    def _ground_truth(self) -> np.ndarray | None:
+        s = self.scan
+        if s.gt is None:
+            return None
+        if s.gt_geom == self.grid_geom:
+            return s.gt
+        return resample(s.gt, s.gt_geom, self.grid_geom)
+
+    def _config_dict(self) -> dict:
+        return to_dict(self.cfg)
+
+    def state_dict(self) -> dict:
+        return {
+            "format": "nfrecon-checkpoint",
+            "step": self.step,
+            "config": self._config_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "lr_scale": self.lr_scale,
+            "stopper": self.stopper.state_dict(),
+            "best_state": self.best_state,
+            "rng": self.gen.get_state(),
+            "jitter_rng": self.jitter_gen.get_state().cpu(),
+        }
+
+    def load_state_dict(self, state: dict, path: Path) -> None:
+        model_keys = ("field", "method", "sampling", "loss", "seed")
+        saved = {k: state["config"].get(k) for k in model_keys}
+        now = {k: self._config_dict()[k] for k in model_keys}
+        diff = config_mismatches(saved, now)
+        if diff:
+            more = f" (and {len(diff) - 1} more)" if len(diff) > 1 else ""
+            raise InputError(f"{path}: checkpoint was made with another config: {diff[0]}{more}")
+        try:
+            self.model.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise InputError(f"{path}: checkpoint does not fit this model ({str(exc).splitlines()[0][:200]})") from exc
+        self.step = int(state["step"])
+        self.lr_scale = float(state["lr_scale"])
+        self.stopper.load_state_dict(state["stopper"])
+        self.best_state = state["best_state"]
+        self.gen.set_state(state["rng"])
+        self.jitter_gen.set_state(state["jitter_rng"])
+
+    def checkpoint(self) -> None:
+        save_checkpoint(self.out / "checkpoint.pt", self.state_dict())
+
+    # ------------------------------------------------------------------ pieces
+    def _set_lr(self) -> None:
+        f = self.lr_factor(self.step) * self.lr_scale
+        for group, base in zip(self.opt.param_groups, self.base_lrs):
+            group["lr"] = base * f
+
+    def _loss(self, idx: torch.Tensor) -> torch.Tensor:
+        idx = idx.to(self.device)
+        pred = self.marcher(self.model, idx, jitter=True, generator=self.jitter_gen)
+        resid = pred - self.proj[idx]
+        if self.weight is None:
+            return (resid**2).mean()
+        return (self.weight[idx] * resid**2).mean()
+
+    @torch.no_grad()
+    def holdout_error(self) -> dict:
+        """Projection error on the held-out rays: RMSE of line integrals and relative L2."""
+        if len(self.hold_rays) == 0:
+            return {}
+        sq, ref = 0.0, 0.0
+        for chunk in self.hold_rays.split(8192):
+            chunk = chunk.to(self.device)
+            pred = self.marcher(self.model, chunk, jitter=False)
+            meas = self.proj[chunk]
+            sq += float(((pred - meas) ** 2).sum())
+            ref += float((meas**2).sum())
+        n = len(self.hold_rays)
+        return {"holdout_rmse": math.sqrt(sq / n), "holdout_rel_l2": math.sqrt(sq / max(ref, 1e-30))}
+
+    @torch.no_grad()
+    def volume(self) -> np.ndarray:
+        return evaluate_grid(self.model, self.grid_geom).float().cpu().numpy()
+
+    def _snapshot(self) -> dict:
+        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    # ------------------------------------------------------------------ main loop
+    def run(self, resume: bool = False, on_step=None) -> FitResult:
+        ckpt = self.out / "checkpoint.pt"
+        if resume:
+            self.load_state_dict(load_checkpoint(ckpt), ckpt)
+        self.out.mkdir(parents=True, exist_ok=True)
+        log = TBLogger(self.out / "tb") if self.cfg.output.tensorboard else None
+        good = (copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.opt.state_dict()))
+        retries, stopped = 0, False
+        bar = progress(self.cfg.steps, desc="fit", unit="step", disable=not self.cfg.output.progress, initial=self.step)
+        t0, rays_done = time.perf_counter(), 0
+        try:
+            while self.step < self.cfg.steps and not stopped:
+                self._set_lr()
+                loss = self._loss(self.rays.draw())
+                if not torch.isfinite(loss):
+                    retries += 1
+                    if retries > MAX_DIVERGENCE_RETRIES:
+                        raise RuntimeError(f"loss is not finite at step {self.step} after {MAX_DIVERGENCE_RETRIES} learning-rate reductions; try a lower --optim.lr")
+                    self.model.load_state_dict(good[0])
+                    self.opt.load_state_dict(good[1])
+                    self.lr_scale *= 0.5
+                    warnings.warn(f"loss became {float(loss)} at step {self.step}: rolled back, learning rate x{self.lr_scale:g}", stacklevel=2)
+                    continue
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if self.cfg.optim.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+                self.opt.step()
+                self.step += 1
+                rays_done += self.cfg.sampling.rays_per_step
+                rate = rays_done / max(time.perf_counter() - t0, 1e-9)
+                bar.update(1)
+                bar.set_postfix(loss=f"{float(loss):.3g}", rays_s=f"{rate:.3g}", refresh=False)
+                if log:
+                    log.scalar("train/loss", float(loss), self.step)
+                    log.scalar("train/lr", self.opt.param_groups[0]["lr"], self.step)
+                stopped = self._periodic(log)
+                if self.step % self.cfg.stop.eval_every == 0:
+                    good = (copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.opt.state_dict()))
+                if on_step is not None:
+                    on_step(self)
+        except KeyboardInterrupt:
+            bar.close()
+            self.checkpoint()
+            if log:
+                log.close()
+            raise
+        bar.close()
+        self.checkpoint()
+        result = self._finish(log, stopped)
+        if log:
+            log.close()
+        return result
+
+    def _periodic(self, log) -> bool:
+        cfg, step = self.cfg, self.step
+        stop = False
+        if len(self.hold_rays) and step % cfg.stop.eval_every == 0:
+            err = self.holdout_error()
+            if self.stopper.update(step, err["holdout_rmse"]):
+                self.best_state = self._snapshot()
+            if log:
+                for k, v in err.items():
+                    log.scalar(f"holdout/{k}", v, step)
+            stop = self.stopper.should_stop
+        if cfg.output.preview_every and step % cfg.output.preview_every == 0 and step < cfg.steps and not stop:
+            vol = self.volume()
+            save_preview(self.out / "preview.png", vol, self.grid_geom, title=f"step {step}")
+            if log:
+                log.slices("volume", vol, step)
+                if self.gt is not None:
+                    m = evaluate(vol, self.gt)
+                    log.scalar("gt/psnr_db", m["psnr_db"], step)
+                    log.scalar("gt/ssim_3d", m["ssim_3d"], step)
+        if cfg.output.checkpoint_every and step % cfg.output.checkpoint_every == 0:
+            self.checkpoint()
+        return stop
+
+    def _finish(self, log, stopped: bool) -> FitResult:
+        final_step = self.step
+        if self.cfg.stop.restore_best and self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        vol = self.volume()
+        metrics = {
+            "method": self.cfg.method,
+            "steps_run": final_step,
+            "stopped_early": bool(stopped),
+            "exported_step": self.stopper.best_step if (self.cfg.stop.restore_best and self.best_state is not None) else final_step,
+            "holdout_views": [int(v) for v in self.hold_views],
+        }
+        metrics.update(self.holdout_error())
+        if self.stopper.history:
+            metrics["holdout_history"] = [[s, e] for s, e in self.stopper.history]
+        if self.gt is not None:
+            metrics["vs_ground_truth"] = evaluate(vol, self.gt)
+        out = self.out
+        write_nifti(out / "volume.nii.gz", vol, self.grid_geom, hu=self.cfg.output.hu, mu_water=self.cfg.output.mu_water)
+        save_preview(out / "preview.png", vol, self.grid_geom, title=f"{self.cfg.method} step {metrics['exported_step']}")
+        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+        if log:
+            log.slices("volume", vol, final_step)
+        return FitResult(vol, metrics, final_step, bool(stopped))

@@ -1,0 +1,1 @@
+"""Differentiable ray marching of fields through cone-beam geometry."""
