@@ -172,12 +172,13 @@ def phantom_scan(
 ) -> Scan:
     """A 3D Shepp-Logan scan with analytic (exact) clean projections.
 
-    radius_mm: phantom radius (default: 90% of the smaller half-width of the recon box in
-    y and x); its brain has mu = ``mu_water``. The ground truth is the phantom voxelised on
+    radius_mm: phantom radius (default: 90% of the smaller of the recon box's half-width in
+    y and x and, for circular scans, the field-of-view radius); its brain has mu = ``mu_water``. The ground truth is the phantom voxelised on
     ``recon_geom`` (``supersample``^3 points per voxel). Noise as in :func:`simulate_scan`.
     """
     if radius_mm is None:
-        radius_mm = 0.9 * float(min(recon_geom.size[1:])) / 2
+        half_width = float(min(recon_geom.size[1:])) / 2
+        radius_mm = 0.9 * (min(half_width, _fov_radius(geom)) if geom.is_circular() else half_width)
     if not (np.isfinite(radius_mm) and radius_mm > 0):
         raise InputError(f"radius_mm: must be positive, got {radius_mm}")
     phantom = EllipsoidPhantom.shepp_logan(radius_mm=radius_mm, mu_water=mu_water)

@@ -9,6 +9,13 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one thread per xdist worker: two workers with two threads each on two cores make
+    # every parallel torch op wait for a descheduled thread
+    import torch
+
+    torch.set_num_threads(1)
+
 
 def shared_data_dir() -> Path:
     """The real CT folder: $NFRECON_DATA, else ../shared/data beside the repository."""

@@ -7,7 +7,7 @@ import nfrecon
 
 # Lowest first. A top-level name of the package (module or subpackage) -> its rank.
 LAYERS = [
-    ("errors", "fsutil", "configio"),
+    ("errors", "fsutil", "configio", "devices"),
     ("geometry",),
     ("data", "metrics"),
     ("outputs",),

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field as _field
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -99,9 +100,9 @@ class FitConfig:
     """'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'."""
     mu_max: float = 0.0
     """Upper end of the field's attenuation range in 1/mm (0: estimated from an FDK of the scan)."""
-    field: NAFFieldConfig = field(default_factory=NAFFieldConfig)
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    stop: StopConfig = field(default_factory=StopConfig)
-    output: OutputConfig = field(default_factory=OutputConfig)
+    field: NAFFieldConfig = _field(default_factory=NAFFieldConfig)
+    sampling: SamplingConfig = _field(default_factory=SamplingConfig)
+    optim: OptimConfig = _field(default_factory=OptimConfig)
+    loss: LossConfig = _field(default_factory=LossConfig)
+    stop: StopConfig = _field(default_factory=StopConfig)
+    output: OutputConfig = _field(default_factory=OutputConfig)

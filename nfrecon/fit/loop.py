@@ -9,7 +9,6 @@ restored, and nothing but ray sampling and jitter draws random numbers.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 import warnings
@@ -20,7 +19,6 @@ import numpy as np
 import torch
 
 from nfrecon.configio import to_dict
-from nfrecon.data.nifti import write_nifti
 from nfrecon.data.scan import Scan
 from nfrecon.data.volumes import resample
 from nfrecon.errors import InputError
@@ -28,10 +26,10 @@ from nfrecon.fields.naf import evaluate_grid
 from nfrecon.fit.checkpoint import config_mismatches, load_checkpoint, save_checkpoint
 from nfrecon.fit.config import FitConfig
 from nfrecon.fit.stopping import EarlyStopper, split_views
-from nfrecon.fsutil import atomic_write_text
 from nfrecon.metrics import evaluate
 from nfrecon.outputs.preview import save_preview
 from nfrecon.outputs.progress import progress
+from nfrecon.outputs.results import write_results
 from nfrecon.outputs.tensorboard import TBLogger
 from nfrecon.render.raymarch import RayMarcher
 
@@ -227,14 +225,15 @@ class FitRun:
             while self.step < self.cfg.steps and not stopped:
                 self._set_lr()
                 loss = self._loss(self.rays.draw())
-                if not torch.isfinite(loss):
+                loss_value = float(loss.detach())
+                if not math.isfinite(loss_value):
                     retries += 1
                     if retries > MAX_DIVERGENCE_RETRIES:
                         raise RuntimeError(f"loss is not finite at step {self.step} after {MAX_DIVERGENCE_RETRIES} learning-rate reductions; try a lower --optim.lr")
                     self.model.load_state_dict(good[0])
                     self.opt.load_state_dict(good[1])
                     self.lr_scale *= 0.5
-                    warnings.warn(f"loss became {float(loss)} at step {self.step}: rolled back, learning rate x{self.lr_scale:g}", stacklevel=2)
+                    warnings.warn(f"loss became {loss_value} at step {self.step}: rolled back, learning rate x{self.lr_scale:g}", stacklevel=2)
                     continue
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -245,9 +244,9 @@ class FitRun:
                 rays_done += self.cfg.sampling.rays_per_step
                 rate = rays_done / max(time.perf_counter() - t0, 1e-9)
                 bar.update(1)
-                bar.set_postfix(loss=f"{float(loss):.3g}", rays_s=f"{rate:.3g}", refresh=False)
+                bar.set_postfix(loss=f"{loss_value:.3g}", rays_s=f"{rate:.3g}", refresh=False)
                 if log:
-                    log.scalar("train/loss", float(loss), self.step)
+                    log.scalar("train/loss", loss_value, self.step)
                     log.scalar("train/lr", self.opt.param_groups[0]["lr"], self.step)
                 stopped = self._periodic(log)
                 if self.step % self.cfg.stop.eval_every == 0:
@@ -306,12 +305,10 @@ class FitRun:
         metrics.update(self.holdout_error())
         if self.stopper.history:
             metrics["holdout_history"] = [[s, e] for s, e in self.stopper.history]
-        if self.gt is not None:
-            metrics["vs_ground_truth"] = evaluate(vol, self.gt)
-        out = self.out
-        write_nifti(out / "volume.nii.gz", vol, self.grid_geom, hu=self.cfg.output.hu, mu_water=self.cfg.output.mu_water)
-        save_preview(out / "preview.png", vol, self.grid_geom, title=f"{self.cfg.method} step {metrics['exported_step']}")
-        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+        metrics = write_results(
+            self.out, vol, self.grid_geom, gt=self.gt, info=metrics, hu=self.cfg.output.hu,
+            mu_water=self.cfg.output.mu_water, title=f"{self.cfg.method} step {metrics['exported_step']}",
+        )
         if log:
             log.slices("volume", vol, final_step)
         return FitResult(vol, metrics, final_step, bool(stopped))

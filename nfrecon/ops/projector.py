@@ -101,17 +101,21 @@ class VoxelProjector:
         return self._tensors[device]
 
     def _chunk(self, flat_index: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """grid_sample coordinates (R, N, 3) in (x, y, z) order on [-1, 1] and weights (R, N)."""
+        """grid_sample coordinates (R, N, 3) in (x, y, z) order on [-1, 1] and weights (R, N).
+
+        Rays and box intersections are computed in float64; the per-sample arithmetic runs
+        in ``dtype`` on box-normalised origins and directions.
+        """
         device = flat_index.device
         o, d = pixel_rays(self.geom, flat_index, self._geometry(device), dtype=torch.float64)
         t_near, t_far = ray_box(o, d, self._box_lo, self._box_lo + self._box_size)
-        t, dt, valid = fixed_step_samples(t_near, t_far, self.step)
+        t, dt, valid = fixed_step_samples(t_near.to(dtype), t_far.to(dtype), self.step)
         lo = torch.as_tensor(self._box_lo, dtype=torch.float64, device=device)
-        size = torch.as_tensor(self._box_size, dtype=torch.float64, device=device)
-        pts = (o[:, None, :] + t[..., None] * d[:, None, :] - lo) / size * 2 - 1
-        grid = pts.flip(-1).to(dtype)
-        weight = (dt * valid).to(dtype)
-        return grid, weight
+        scale = 2.0 / torch.as_tensor(self._box_size, dtype=torch.float64, device=device)
+        o_unit = ((o - lo) * scale - 1).flip(-1).to(dtype)
+        d_unit = (d * scale).flip(-1).to(dtype)
+        grid = torch.addcmul(o_unit[:, None, :], t[..., None], d_unit[:, None, :])
+        return grid, dt * valid
 
     def _ray_chunks(self, device):
         n = self.geom.n_rays
