@@ -62,17 +62,6 @@ def _seen(geom: ConeGeometry, points: np.ndarray) -> np.ndarray:
     return count
 
 
-def _fov_radius(geom: ConeGeometry) -> float:
-    """Radius (mm) about the z axis seen by every view of a circular scan (central row)."""
-    radius = np.inf
-    for side in (-0.5, 0.5):
-        edge = geom.det + side * geom.det_shape[1] * geom.u
-        s, e = geom.src[:, 1:], edge[:, 1:] - geom.src[:, 1:]
-        dist = np.abs(s[:, 0] * e[:, 1] - s[:, 1] * e[:, 0]) / np.linalg.norm(e, axis=1)
-        radius = min(radius, float(dist.min()))
-    return radius
-
-
 def check_field_of_view(mu, mu_geom: VolumeGeometry, geom: ConeGeometry, recon_geom: VolumeGeometry) -> dict:
     """Fractions of the object (mu > SUPPORT_MU) outside the field of view / the reconstruction box.
 
@@ -100,7 +89,7 @@ def check_field_of_view(mu, mu_geom: VolumeGeometry, geom: ConeGeometry, recon_g
         if geom.is_circular():
             r_obj = float(np.hypot(points[:, 1], points[:, 2]).max())
             extent = (f" (object radius about {r_obj:.0f} mm from the rotation axis, "
-                      f"field of view radius {_fov_radius(geom):.0f} mm)")
+                      f"field of view radius {geom.fov_radius():.0f} mm)")
         warnings.warn(f"volume outside the field of view: {100 * report['outside_fov']:.1f}% of the object "
                       f"(mu > {SUPPORT_MU}/mm) is missed by some views{extent}; the projections are truncated",
                       stacklevel=3)
@@ -178,7 +167,7 @@ def phantom_scan(
     """
     if radius_mm is None:
         half_width = float(min(recon_geom.size[1:])) / 2
-        radius_mm = 0.9 * (min(half_width, _fov_radius(geom)) if geom.is_circular() else half_width)
+        radius_mm = 0.9 * (min(half_width, geom.fov_radius()) if geom.is_circular() else half_width)
     if not (np.isfinite(radius_mm) and radius_mm > 0):
         raise InputError(f"radius_mm: must be positive, got {radius_mm}")
     phantom = EllipsoidPhantom.shepp_logan(radius_mm=radius_mm, mu_water=mu_water)

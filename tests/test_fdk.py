@@ -11,6 +11,7 @@ from nfrecon.errors import InputError
 from nfrecon.geometry.cone import ConeGeometry
 from nfrecon.geometry.volume import VolumeGeometry
 from nfrecon.recon.fdk import fdk
+from nfrecon.recon.rtk_reference import rtk_fdk
 from nfrecon.recon.filters import padded_length, ramp_response
 from nfrecon.recon.weights import angular_sampling, fan_angles, parker_weights
 
@@ -81,32 +82,6 @@ def test_ramp_response_is_band_limited_ramp():
 # ---------------------------------------------------------------------------- RTK
 
 
-def _rtk_fdk(proj: np.ndarray, geom: ConeGeometry, vg: VolumeGeometry, hann: float, parker: bool) -> np.ndarray:
-    from itk import RTK
-
-    from nfrecon.geometry.interop import rtk as rtk_io
-
-    stack = rtk_io.projections_to_rtk_image(proj, geom)
-    rtk_geom = rtk_io.to_rtk_geometry(geom)
-    image_type = type(stack)
-    if parker:
-        weighting = RTK.ParkerShortScanImageFilter[image_type].New()
-        weighting.SetInput(stack)
-        weighting.SetGeometry(rtk_geom)
-        weighting.Update()
-        stack = weighting.GetOutput()
-    recon = RTK.FDKConeBeamReconstructionFilter[image_type].New()
-    recon.SetInput(0, rtk_io.volume_to_rtk_image(np.zeros(vg.shape, np.float32), vg))
-    recon.SetInput(1, stack)
-    recon.SetGeometry(rtk_geom)
-    recon.GetRampFilter().SetTruncationCorrection(0.0)  # zero padding, as ours
-    recon.GetRampFilter().SetHannCutFrequency(hann)  # 0 = plain ramp; 1 = Hann reaching 0 at Nyquist
-    recon.Update()
-    vol, out_geom = rtk_io.volume_from_rtk_image(recon.GetOutput())
-    assert np.allclose(out_geom.center, vg.center) and np.allclose(out_geom.voxel_size, vg.voxel_size)
-    return vol
-
-
 def _uneven_full_circle() -> dict:
     """120 views over 360 deg, twice as dense on one half, in shuffled order."""
     deg = np.concatenate([np.linspace(0, 180, 80, endpoint=False), np.linspace(180, 360, 40, endpoint=False)])
@@ -125,7 +100,7 @@ def test_matches_rtk_fdk_on_shepp_logan(rtk, scan, filt, hann):
     geom = ConeGeometry.circular(sod=400.0, sdd=600.0, det_shape=(64, 80), pixel_size=3.0, **scan)  # fan 22.6 deg
     proj = phantom.project(geom).astype(np.float32)
     ours = fdk(torch.from_numpy(proj), geom, vg, filter=filt).numpy()
-    ref = _rtk_fdk(proj, geom, vg, hann, parker="n_views" in scan)
+    ref = rtk_fdk(proj, geom, vg, hann=hann, parker="n_views" in scan)
     truth = phantom.voxelize(vg, supersample=1)
     inside = truth > 0
     inside[:24] = inside[40:] = False  # central slab, |z| < 16 mm: away from cone-beam artefacts

@@ -82,9 +82,7 @@ def test_bad_shapes_are_rejected():
 
 @pytest.mark.rtk
 def test_matches_rtk_joseph_on_real_ct(rtk, shared_data):
-    from itk import RTK
-
-    from nfrecon.geometry.interop import rtk as rtk_io
+    from nfrecon.recon.rtk_reference import rtk_joseph
 
     z = np.load(shared_data / "torso_ct_totalsegmentator_3mm.npz")
     hu = z["volume_hu"].astype(np.float32)
@@ -93,14 +91,7 @@ def test_matches_rtk_joseph_on_real_ct(rtk, shared_data):
     geom = ConeGeometry.circular(sod=600, sdd=900, det_shape=(48, 80), pixel_size=(5.0, 6.0), n_views=5, arc_deg=200)
     ours = VoxelProjector(vg, geom)(torch.from_numpy(mu)).numpy()
 
-    origin, spacing = rtk_io.projection_image_frame(geom)
-    stack = rtk_io.constant_image(geom.proj_shape, origin, spacing)
-    joseph = RTK.JosephForwardProjectionImageFilter[type(stack), type(stack)].New()
-    joseph.SetInput(0, stack)
-    joseph.SetInput(1, rtk_io.volume_to_rtk_image(mu, vg))
-    joseph.SetGeometry(rtk_io.to_rtk_geometry(geom))
-    joseph.Update()
-    ref = rtk.array_from_image(joseph.GetOutput())
+    ref = rtk_joseph(mu, vg, geom)
 
     through = ref > 0.05 * ref.max()
     rel = np.abs(ours[through] - ref[through]) / ref[through]

@@ -14,7 +14,11 @@ from nfrecon.errors import InputError
 COMMANDS = {
     "simulate": ("nfrecon.cli.simulate", "simulate a scan of a CT volume or the built-in phantom"),
     "fdk": ("nfrecon.cli.fdk", "FDK reconstruction of a scan"),
-    "fit": ("nfrecon.cli.fit", "fit a neural attenuation field (NAF) to a scan"),
+    "fit": ("nfrecon.cli.fit", "fit a neural field (NAF, or CondCBNT with a pretrained backbone) to a scan"),
+    "iterative": ("nfrecon.cli.iterative", "iterative reconstruction of a scan (CGLS, SIRT, OS-SART, TV)"),
+    "make-dataset": ("nfrecon.cli.make_dataset", "simulate a population of scans (procedural and augmented CTs)"),
+    "pretrain": ("nfrecon.cli.pretrain", "pretrain a CondCBNT backbone across scans (DDP via torchrun)"),
+    "bench": ("nfrecon.cli.bench", "results table of every method on one protocol"),
     "eval": ("nfrecon.cli.evaluate", "PSNR/SSIM of a reconstruction against a ground truth (JSON)"),
     "info": ("nfrecon.cli.info", "summarise a scan file or a NIfTI volume"),
 }

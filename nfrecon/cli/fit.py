@@ -1,4 +1,4 @@
-"""``nfrecon fit``: per-scan fitting of a neural attenuation field, with presets."""
+"""``nfrecon fit``: per-scan fitting of a neural field (NAF, or CondCBNT over a pretrained backbone), with presets."""
 
 from __future__ import annotations
 
@@ -11,21 +11,25 @@ from typing import Optional
 import torch
 
 from nfrecon.cli.common import parse
-from nfrecon.configio import load_yaml, merge
+from nfrecon.configio import load_yaml, merge, to_dict
 from nfrecon.errors import InputError
 from nfrecon.fit.config import FitConfig
-from nfrecon.fit.run import run_fit
+from nfrecon.fit.run import read_backbone, run_fit
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
-DESCRIPTION = """Fit a neural attenuation field (hash grid + MLP, NAF) to a scan by differentiable
-ray marching, then export <out>/volume.nii.gz, preview.png, metrics.json (held-out projection
-error; PSNR/SSIM when the scan has a ground truth), config.yaml (re-usable with --config),
-checkpoint.pt and TensorBoard logs in <out>/tb. Without --scan, the built-in Shepp-Logan
-phantom is simulated (64^3, 50 noisy views over 205 deg) and fitted.
-Options are applied in order: defaults < --preset < --config < command-line flags.
-Presets (configs/*.yaml): naf (published NAF), naf-fast (CPU-sized), auto (naf on CUDA,
-naf-fast on CPU)."""
+DESCRIPTION = """Fit a neural attenuation field to a scan by differentiable ray marching, then export
+<out>/volume.nii.gz, preview.png, metrics.json (held-out projection error; PSNR/SSIM when the
+scan has a ground truth), config.yaml (re-usable with --config), checkpoint.pt and TensorBoard
+logs in <out>/tb. Without --scan, the built-in Shepp-Logan phantom is simulated (64^3, 50 noisy
+views over 205 deg) and fitted.
+--method naf (default): a fresh hash grid + MLP (NAF). --method condcbnt --backbone backbone.pt:
+a fresh modulation field over a backbone pretrained by 'nfrecon pretrain' (frozen; with
+--condcbnt.unfreeze-after K also fitted from step K at --condcbnt.backbone-lr).
+Options are applied in order: defaults < --preset < (condcbnt: the backbone and modulation
+sizes stored in backbone.pt) < --config < command-line flags.
+Presets (configs/*.yaml): naf (published NAF), naf-fast (CPU-sized), condcbnt (published
+CondCBNT), condcbnt-fast (CPU-sized), auto (naf or condcbnt on CUDA, the -fast one on CPU)."""
 
 
 def presets() -> list[str]:
@@ -34,7 +38,7 @@ def presets() -> list[str]:
 
 @dataclass
 class FitArgs(FitConfig):
-    """Per-scan fitting of a neural attenuation field (NAF)."""
+    """Per-scan fitting of a neural field (NAF, or CondCBNT with a pretrained backbone)."""
 
     preset: str = "auto"
     """Preset from configs/ (see above), or 'none' for the built-in defaults."""
@@ -46,26 +50,36 @@ class FitArgs(FitConfig):
     """Start over in an --out that holds an earlier run."""
 
 
-def _preset_name(name: str, device: str) -> str | None:
+def _preset_name(name: str, device: str, method: str = "naf") -> str | None:
     if name == "none":
         return None
     if name == "auto":
         cuda = torch.cuda.is_available() and device != "cpu"
-        return "naf" if cuda else "naf-fast"
+        return method + ("" if cuda else "-fast")
     return name
 
 
-def base_config(preset: str, config: Path | None, device: str = "auto") -> FitConfig:
-    """Defaults, then the preset, then a YAML config."""
+def base_config(preset: str, config: Path | None, device: str = "auto", method: str | None = None,
+                backbone: Path | None = None) -> FitConfig:
+    """Defaults, then the preset, then (condcbnt) the sizes stored in the backbone file, then a
+    YAML config. ``method``/``backbone``: the command-line values, if given."""
     cfg = FitConfig()
-    name = _preset_name(preset, device)
+    extra = load_yaml(config) if config is not None else {}
+    name = _preset_name(preset, device, method or extra.get("method") or "naf")
     if name is not None:
         path = CONFIG_DIR / f"{name}.yaml"
         if not path.is_file():
             raise InputError(f"--preset: unknown preset {name!r}; known: auto, none, {', '.join(presets())}")
-        cfg = merge(cfg, load_yaml(path), str(path))
+        data = load_yaml(path)
+        data.pop("pretrain", None)  # read by 'nfrecon pretrain' only
+        cfg = merge(cfg, data, str(path))
+    backbone = backbone or extra.get("backbone") or cfg.backbone
+    if (method or extra.get("method") or cfg.method) == "condcbnt" and backbone is not None:
+        file = read_backbone(backbone)
+        sizes = {"condcbnt": {"backbone": to_dict(file.backbone), "modulation": to_dict(file.modulation)}}
+        cfg = merge(cfg, sizes, str(backbone))
     if config is not None:
-        cfg = merge(cfg, load_yaml(config), str(config))
+        cfg = merge(cfg, extra, str(config))
     return cfg
 
 
@@ -78,13 +92,16 @@ def main(argv: list[str], prog: str) -> int:
     pre.add_argument("--preset", default="auto")
     pre.add_argument("--config", type=Path, default=None)
     pre.add_argument("--device", default="auto")
+    pre.add_argument("--method", default=None)
+    pre.add_argument("--backbone", type=Path, default=None)
     known, _ = pre.parse_known_args(argv)
-    base = base_config(known.preset, known.config, known.device)
+    base = base_config(known.preset, known.config, known.device, known.method, known.backbone)
     default = FitArgs(**_fields(base), preset=known.preset, config=known.config)
     args = parse(FitArgs, argv, prog, DESCRIPTION, default=default)
     cfg = FitConfig(**_fields(args))
-    name = _preset_name(args.preset, cfg.device)
-    print(f"fit: preset {name or 'none'}, {cfg.steps} steps, {cfg.sampling.rays_per_step} rays x "
+    name = _preset_name(args.preset, cfg.device, cfg.method)
+    model = f"backbone {cfg.backbone}, " if cfg.method == "condcbnt" else ""
+    print(f"fit: {cfg.method}, preset {name or 'none'}, {model}{cfg.steps} steps, {cfg.sampling.rays_per_step} rays x "
           f"{cfg.sampling.n_samples} samples per step, scan {cfg.scan or 'built-in phantom'}, out {cfg.out}")
     result, _ = run_fit(cfg, resume=args.resume, overwrite=args.overwrite)
     m = result.metrics

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from nfrecon.cli.common import parse, resolve_device
-from nfrecon.configio import load_yaml
 from nfrecon.data.nifti import write_nifti
 from nfrecon.data.scan import save_scan
 from nfrecon.data.volumes import read_ct
 from nfrecon.errors import InputError
-from nfrecon.geometry.protocols import PROTOCOLS, Protocol, get_protocol
+from nfrecon.geometry.protocols import Protocol, load_protocol
 from nfrecon.simulate import phantom_scan, simulate_scan
 
 DESCRIPTION = """Simulate a cone-beam scan. The CT (HU) is converted to mu with the protocol's
@@ -56,22 +54,6 @@ class SimulateArgs:
     """'auto', 'cpu' or 'cuda'."""
 
 
-def _protocol(args: SimulateArgs) -> Protocol:
-    if args.protocol in PROTOCOLS or not args.protocol.endswith((".yaml", ".yml")):
-        protocol = get_protocol(args.protocol)
-    else:
-        protocol = Protocol.from_dict(load_yaml(args.protocol))
-    if args.size is not None:
-        protocol = protocol.scaled(args.size)
-    if args.arc is not None:
-        protocol = dataclasses.replace(protocol, arc_deg=args.arc)
-    if args.mu_water is not None:
-        protocol = dataclasses.replace(protocol, mu_water=args.mu_water)
-    if args.views is not None:
-        protocol = protocol.with_views(args.views)
-    return protocol
-
-
 def _photons(args: SimulateArgs, protocol: Protocol) -> float | None:
     if args.noiseless:
         return None
@@ -91,7 +73,7 @@ def gt_path(out: Path) -> Path:
 
 def main(argv: list[str], prog: str) -> int:
     args = parse(SimulateArgs, argv, prog, DESCRIPTION)
-    protocol = _protocol(args)
+    protocol = load_protocol(args.protocol, size=args.size, views=args.views, arc_deg=args.arc, mu_water=args.mu_water)
     photons = _photons(args, protocol)
     geom, grid = protocol.cone_geometry(), protocol.volume_geometry()
     meta = {"protocol": protocol.to_dict(), "source": args.volume}

@@ -195,7 +195,7 @@ def _read_scan(f: h5py.File) -> Scan:
     geo = _require(f, "geometry")
     vectors = {key: _require(f, f"geometry/{key}")[()] for key in ("src", "det", "u", "v")}
     if "det_shape" not in geo.attrs:
-        raise InputError(f"/geometry has no det_shape attribute")
+        raise InputError("/geometry has no det_shape attribute")
     geom = ConeGeometry(tuple(geo.attrs["det_shape"]), **vectors)
     photons = f.attrs.get("photons")
     return Scan(

@@ -76,6 +76,19 @@ class NAFField(_BoxField):
     def forward(self, points: torch.Tensor) -> torch.Tensor:
         return self.mlp(self.encoder(self.to_unit(points)))[..., 0] * self.mu_max
 
+    @torch.no_grad()
+    def start_near(self, mu0: float) -> None:
+        """Set the output bias so that the fresh field is about ``mu0`` (1/mm) everywhere.
+
+        With the sigmoid output a fresh field sits at mu_max / 2, far above the mean
+        attenuation of a box that is mostly air; starting near the mean line integral per
+        mm keeps the first steps from saturating the sigmoid at 0.
+        """
+        if self.cfg.mlp.out_activation != "sigmoid":
+            raise InputError("NAF field: start_near needs the sigmoid output")
+        frac = min(max(float(mu0) / float(self.mu_max), 1e-4), 1 - 1e-4)
+        self.mlp.layers[-1].bias.fill_(float(np.log(frac / (1 - frac))))
+
 
 class VoxelField(_BoxField):
     """The continuous function a voxel volume stands for, as :mod:`nfrecon.ops.projector` reads it.

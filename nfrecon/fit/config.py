@@ -1,4 +1,4 @@
-"""Configuration of per-scan fitting (dataclasses; the CLI is generated from them)."""
+"""Configuration of per-scan fitting and of CondCBNT pretraining (dataclasses; the CLI is generated from them)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import field as _field
 from pathlib import Path
 from typing import Literal, Optional
 
+from nfrecon.fields.conditioned import BackboneConfig, ModulationConfig
 from nfrecon.fields.naf import NAFFieldConfig
 
 
@@ -83,15 +84,41 @@ class OutputConfig:
 
 
 @dataclass
+class ConditionedModelConfig:
+    """Architecture of a CondCBNT model: the shared backbone and the per-scan modulation fields."""
+
+    backbone: BackboneConfig = _field(default_factory=BackboneConfig)
+    modulation: ModulationConfig = _field(default_factory=ModulationConfig)
+
+
+@dataclass
+class CondCBNTConfig(ConditionedModelConfig):
+    """Test-time fitting with a pretrained backbone (method condcbnt).
+
+    The backbone sizes must match the --backbone file (the CLI takes them, and the
+    modulation sizes used in pretraining, from the file); a fresh modulation field is
+    fitted with the learning rate of --optim.lr.
+    """
+
+    unfreeze_after: int = 0
+    """Also fit the backbone from this step on (0: the backbone stays frozen)."""
+    backbone_lr: float = 1e-5
+    """Learning rate of the backbone once unfrozen (follows the same schedule as --optim.lr)."""
+
+
+@dataclass
 class FitConfig:
-    """Per-scan fitting of a neural attenuation field (NAF)."""
+    """Per-scan fitting of a neural field: NAF, or CondCBNT with a pretrained backbone."""
 
     scan: Optional[Path] = None
     """Scan file (HDF5, see docs/scan-format.md) or a NAF .pickle; none: the built-in phantom."""
     out: Path = Path("runs/fit")
     """Run folder: volume.nii.gz, preview.png, metrics.json, config.yaml, checkpoint.pt, tb/."""
-    method: Literal["naf"] = "naf"
-    """Field to fit."""
+    method: Literal["naf", "condcbnt"] = "naf"
+    """Field to fit: 'naf' (a fresh hash grid + MLP) or 'condcbnt' (a fresh modulation
+    field over the pretrained --backbone)."""
+    backbone: Optional[Path] = None
+    """Pretrained backbone (backbone.pt written by 'nfrecon pretrain'); required by condcbnt."""
     steps: int = 3000
     """Step budget (automatic stopping may end earlier)."""
     seed: int = 0
@@ -99,10 +126,80 @@ class FitConfig:
     device: str = "auto"
     """'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'."""
     mu_max: float = 0.0
-    """Upper end of the field's attenuation range in 1/mm (0: estimated from an FDK of the scan)."""
+    """Upper end of the field's attenuation range in 1/mm (0: estimated from an FDK of the scan;
+    condcbnt: the backbone's, which a non-zero value must equal)."""
     field: NAFFieldConfig = _field(default_factory=NAFFieldConfig)
+    """NAF field (method naf)."""
+    condcbnt: CondCBNTConfig = _field(default_factory=CondCBNTConfig)
+    """Conditioned field (method condcbnt)."""
     sampling: SamplingConfig = _field(default_factory=SamplingConfig)
     optim: OptimConfig = _field(default_factory=OptimConfig)
     loss: LossConfig = _field(default_factory=LossConfig)
     stop: StopConfig = _field(default_factory=StopConfig)
     output: OutputConfig = _field(default_factory=OutputConfig)
+
+    def model_keys(self) -> tuple[str, ...]:
+        """Config sections a checkpoint must agree on to be resumed (the model and its data)."""
+        return ("method", "field" if self.method == "naf" else "condcbnt", "sampling", "loss", "seed")
+
+
+@dataclass
+class PretrainOptimConfig:
+    """Adam for the backbone and for every scan's modulation field, one schedule for both."""
+
+    backbone_lr: float = 5e-5
+    """Learning rate of the shared backbone (CondCBNT: 5e-5)."""
+    modulation_lr: float = 1e-3
+    """Learning rate of the per-scan modulation fields (CondCBNT: 1e-3)."""
+    schedule: Literal["constant", "exp", "cosine"] = "exp"
+    """Decay from the rates above to rate * final_lr_ratio over the step budget."""
+    final_lr_ratio: float = 0.1
+    """Learning rates at the last step, relative to the initial ones."""
+    grad_clip: float = 1.0
+    """Clip the gradient norm of the backbone and, separately, of the modulation to this (0: off)."""
+
+
+@dataclass
+class PretrainOutputConfig:
+    """What the pretraining folder receives, and how often (rank 0 writes)."""
+
+    checkpoint_every: int = 1000
+    """Steps between checkpoints and backbone.pt (also written at the end and on Ctrl-C/SIGTERM)."""
+    log_every: int = 10
+    """Steps between rows of history.csv and TensorBoard scalars."""
+    preview_every: int = 1000
+    """Steps between TensorBoard slices of rank 0's first scan (0: never)."""
+    tensorboard: bool = True
+    """Write TensorBoard logs to <out>/tb."""
+    progress: bool = True
+    """Show a progress bar (rank 0)."""
+
+
+@dataclass
+class PretrainConfig:
+    """Pretraining of a CondCBNT backbone and one modulation field per training scan."""
+
+    scans: tuple[Path, ...] = ()
+    """Training scans: files, folders (every *.h5 in them) or .txt lists of files, one a line."""
+    out: Path = Path("runs/pretrain")
+    """Folder: backbone.pt, checkpoint.pt (+ modulations-<step>/), config.yaml, history.csv, tb/."""
+    data: Literal["projections", "voxels"] = "projections"
+    """'projections': render rays, MSE on line integrals (the paper's setting); 'voxels':
+    regress mu at random voxel centres of each scan's ground truth (faster; needs gt)."""
+    steps: int = 20000
+    """Optimisation steps; in each, every process fits one random scan of its share."""
+    seed: int = 0
+    """Seed of initialisation and of every step's sampling."""
+    device: str = "auto"
+    """'auto' (CUDA when available, one GPU per process), 'cpu', 'cuda' or 'cuda:N' (one process)."""
+    mu_max: float = 0.0
+    """Backbone output range in 1/mm (0: the largest per-scan estimate, as fit's)."""
+    skip_bad: bool = False
+    """Skip unreadable scans (reported by name) instead of stopping."""
+    points_per_step: int = 16384
+    """Voxel centres per step with --data voxels (CondCBNT: 16384)."""
+    model: ConditionedModelConfig = _field(default_factory=ConditionedModelConfig)
+    sampling: SamplingConfig = _field(default_factory=lambda: SamplingConfig(mode="all"))
+    """Rays per step and samples per ray with --data projections (all rays from one scan)."""
+    optim: PretrainOptimConfig = _field(default_factory=PretrainOptimConfig)
+    output: PretrainOutputConfig = _field(default_factory=PretrainOutputConfig)

@@ -24,7 +24,7 @@ from nfrecon.data.volumes import resample
 from nfrecon.errors import InputError
 from nfrecon.fields.naf import evaluate_grid
 from nfrecon.fit.checkpoint import config_mismatches, load_checkpoint, save_checkpoint
-from nfrecon.fit.config import FitConfig
+from nfrecon.fit.config import FitConfig, SamplingConfig
 from nfrecon.fit.stopping import EarlyStopper, split_views
 from nfrecon.metrics import evaluate
 from nfrecon.outputs.preview import save_preview
@@ -46,28 +46,30 @@ class FitResult:
     stopped_early: bool
 
 
-def _lr_factor(cfg: FitConfig):
-    steps, ratio, kind = max(cfg.steps, 1), cfg.optim.final_lr_ratio, cfg.optim.schedule
+def lr_factor(steps: int, schedule: str, final_ratio: float):
+    """The learning-rate multiplier at each step: 1 at step 0, ``final_ratio`` at ``steps``
+    (``schedule`` 'exp' or 'cosine'; 'constant' is always 1)."""
+    steps = max(steps, 1)
 
     def factor(step: int) -> float:
         frac = min(step / steps, 1.0)
-        if kind == "exp":
-            return ratio**frac
-        if kind == "cosine":
-            return ratio + (1 - ratio) * 0.5 * (1 + math.cos(math.pi * frac))
+        if schedule == "exp":
+            return final_ratio**frac
+        if schedule == "cosine":
+            return final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * frac))
         return 1.0
 
     return factor
 
 
-class _RaySource:
+class RaySource:
     """Draws training ray indices (flat into the projection stack) from a CPU generator."""
 
-    def __init__(self, scan: Scan, train_views: np.ndarray, cfg: FitConfig, generator: torch.Generator):
+    def __init__(self, scan: Scan, train_views: np.ndarray, sampling: SamplingConfig, generator: torch.Generator):
         nv, nu = scan.geom.det_shape
         self.per_view = nv * nu
         self.views = torch.as_tensor(train_views, dtype=torch.long)
-        self.cfg = cfg.sampling
+        self.cfg = sampling
         self.gen = generator
 
     def draw(self) -> torch.Tensor:
@@ -90,7 +92,12 @@ def _holdout_rays(scan: Scan, hold_views: np.ndarray, n_rays: int, seed: int) ->
 
 
 class FitRun:
-    """One fit of ``model`` to ``scan`` writing into ``cfg.out``; call :meth:`run`."""
+    """One fit of ``model`` to ``scan`` writing into ``cfg.out``; call :meth:`run`.
+
+    ``param_groups`` (default: all model parameters at ``cfg.optim.lr``) are Adam's groups;
+    a group may carry ``start_step``: its parameters are frozen (no gradient, no update)
+    before that step.
+    """
 
     def __init__(self, model: torch.nn.Module, scan: Scan, cfg: FitConfig, device: torch.device, param_groups=None):
         if cfg.steps < 1:
@@ -114,11 +121,11 @@ class FitRun:
             self.weight = None
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.jitter_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-        self.rays = _RaySource(scan, self.train_views, cfg, self.gen)
+        self.rays = RaySource(scan, self.train_views, cfg.sampling, self.gen)
         self.hold_rays = _holdout_rays(scan, self.hold_views, cfg.stop.eval_rays, cfg.seed)
         self.opt = torch.optim.Adam(param_groups if param_groups is not None else model.parameters(), lr=cfg.optim.lr)
         self.base_lrs = [g["lr"] for g in self.opt.param_groups]
-        self.lr_factor = _lr_factor(cfg)
+        self.lr_factor = lr_factor(cfg.steps, cfg.optim.schedule, cfg.optim.final_lr_ratio)
         self.lr_scale = 1.0
         self.stopper = EarlyStopper(cfg.stop.patience, cfg.stop.min_improvement)
         self.best_state = None
@@ -152,7 +159,7 @@ class FitRun:
         }
 
     def load_state_dict(self, state: dict, path: Path) -> None:
-        model_keys = ("field", "method", "sampling", "loss", "seed")
+        model_keys = self.cfg.model_keys()
         saved = {k: state["config"].get(k) for k in model_keys}
         now = {k: self._config_dict()[k] for k in model_keys}
         diff = config_mismatches(saved, now)
@@ -176,9 +183,13 @@ class FitRun:
 
     # ------------------------------------------------------------------ pieces
     def _set_lr(self) -> None:
+        """Scheduled learning rates; a group with a ``start_step`` stays frozen before that step."""
         f = self.lr_factor(self.step) * self.lr_scale
         for group, base in zip(self.opt.param_groups, self.base_lrs):
             group["lr"] = base * f
+            active = self.step >= group.get("start_step", 0)
+            for p in group["params"]:
+                p.requires_grad_(active)
 
     def _loss(self, idx: torch.Tensor) -> torch.Tensor:
         idx = idx.to(self.device)

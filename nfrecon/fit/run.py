@@ -1,22 +1,33 @@
-"""Entry point of per-scan fitting: load (or simulate) the scan, build the field, run the loop."""
+"""Entry point of per-scan fitting: load (or simulate) the scan, build the field, run the loop.
+
+Also the file format of a pretrained CondCBNT backbone (``backbone.pt``, written by
+``nfrecon pretrain``, read by ``nfrecon fit --method condcbnt``): a checkpoint dict
+(:mod:`nfrecon.fit.checkpoint`, weights only) with ``kind: "backbone"``, the backbone and
+modulation configs, ``mu_max`` (1/mm), the backbone's state dict and the pretraining step.
+"""
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from nfrecon.configio import dump_yaml
+import nfrecon
+from nfrecon.configio import dump_yaml, from_dict, to_dict
 from nfrecon.data.naf_pickle import load_naf_pickle
 from nfrecon.data.scan import Scan, load_scan
 from nfrecon.devices import resolve_device
 from nfrecon.errors import InputError
+from nfrecon.fields.conditioned import Backbone, BackboneConfig, ConditionedField, ModulationConfig, ModulationField
 from nfrecon.fields.naf import NAFField
+from nfrecon.fit.checkpoint import config_mismatches, load_checkpoint, save_checkpoint
 from nfrecon.fit.config import FitConfig
 from nfrecon.fit.loop import FitResult, FitRun
 from nfrecon.geometry.protocols import get_protocol
+from nfrecon.geometry.rays import pixel_rays, ray_box
 from nfrecon.recon.fdk import fdk
 from nfrecon.simulate import phantom_scan
 
@@ -67,8 +78,109 @@ def estimate_mu_max(scan: Scan, margin: float = 1.25) -> float:
     return margin * value
 
 
+def mean_attenuation(scan: Scan, max_rays: int = 65536) -> float:
+    """Mean mu (1/mm) along the rays: sum of line integrals / sum of chord lengths in the box."""
+    step = max(1, scan.geom.n_rays // max_rays)
+    idx = torch.arange(0, scan.geom.n_rays, step)
+    o, d = pixel_rays(scan.geom, idx, dtype=torch.float64)
+    t_near, t_far = ray_box(o, d, scan.recon_geom.box_min, scan.recon_geom.box_max)
+    chord = float((t_far - t_near).clamp(min=0).sum())
+    total = float(np.clip(scan.projections.reshape(-1)[idx.numpy()], 0, None).sum())
+    return total / chord if chord > 0 else 0.0
+
+
 def build_field(cfg: FitConfig, scan: Scan, mu_max: float) -> torch.nn.Module:
-    return NAFField(cfg.field, scan.recon_geom, mu_max)
+    """A fresh NAF field on the scan's grid, starting near the scan's mean attenuation."""
+    field = NAFField(cfg.field, scan.recon_geom, mu_max)
+    if cfg.field.mlp.out_activation == "sigmoid":
+        field.start_near(mean_attenuation(scan))
+    return field
+
+
+# ---------------------------------------------------------------------- pretrained backbones
+BACKBONE_KIND = "backbone"
+
+
+@dataclass
+class BackboneFile:
+    """The contents of a backbone.pt."""
+
+    backbone: BackboneConfig
+    modulation: ModulationConfig
+    """The modulation sizes used in pretraining (test-time fits default to them)."""
+    mu_max: float
+    state: dict
+    step: int
+    n_scans: int
+
+
+def save_backbone(path: str | Path, backbone: Backbone, modulation: ModulationConfig, step: int, n_scans: int) -> None:
+    """Write backbone weights, configs and mu_max to ``path`` atomically (weights-only loadable)."""
+    save_checkpoint(path, {
+        "format": "nfrecon-checkpoint",
+        "kind": BACKBONE_KIND,
+        "software": f"nfrecon {nfrecon.__version__}",
+        "config": to_dict(backbone.cfg),
+        "modulation_config": to_dict(modulation),
+        "mu_max": float(backbone.mu_max),
+        "state": {k: v.detach().cpu() for k, v in backbone.state_dict().items()},
+        "step": int(step),
+        "n_scans": int(n_scans),
+    })
+
+
+def read_backbone(path: str | Path) -> BackboneFile:
+    """Read a backbone.pt; InputError naming the file when it is missing, corrupt or something else."""
+    state = load_checkpoint(path)
+    if state.get("kind") != BACKBONE_KIND:
+        raise InputError(f"{path}: not a pretrained backbone (kind {state.get('kind', 'fit checkpoint')!r}); "
+                         f"pass the backbone.pt written by 'nfrecon pretrain'")
+    try:
+        return BackboneFile(
+            backbone=from_dict(BackboneConfig, state["config"], f"{path}: config"),
+            modulation=from_dict(ModulationConfig, state["modulation_config"], f"{path}: modulation_config"),
+            mu_max=float(state["mu_max"]), state=state["state"], step=int(state["step"]), n_scans=int(state["n_scans"]),
+        )
+    except KeyError as exc:
+        raise InputError(f"{path}: incomplete backbone file (no {exc.args[0]!r})") from exc
+
+
+def load_backbone(path: str | Path, expected: BackboneConfig | None = None) -> Backbone:
+    """The pretrained backbone in ``path``; with ``expected``, its config must equal that one
+    (InputError naming the first differing key, as ``condcbnt.backbone.<key>``)."""
+    file = read_backbone(path)
+    if expected is not None:
+        diff = config_mismatches(to_dict(file.backbone), to_dict(expected), prefix="condcbnt.backbone.")
+        if diff:
+            more = f" (and {len(diff) - 1} more)" if len(diff) > 1 else ""
+            raise InputError(f"{path}: the backbone was pretrained with another config: {diff[0]}{more}")
+    backbone = Backbone(file.backbone, file.mu_max)
+    try:
+        backbone.load_state_dict(file.state)
+    except (RuntimeError, KeyError) as exc:
+        raise InputError(f"{path}: the weights do not fit the stored config ({str(exc).splitlines()[0][:200]})") from exc
+    return backbone
+
+
+def build_conditioned(cfg: FitConfig, scan: Scan) -> tuple[ConditionedField, list[dict]]:
+    """A fresh modulation field over the pretrained backbone of ``cfg.backbone``, and Adam's
+    parameter groups: the modulation at --optim.lr, the backbone (frozen unless
+    condcbnt.unfreeze_after > 0) at condcbnt.backbone_lr from that step on."""
+    if cfg.backbone is None:
+        raise InputError("--backbone: method condcbnt needs a pretrained backbone (backbone.pt from 'nfrecon pretrain')")
+    cc = cfg.condcbnt
+    if cc.unfreeze_after < 0 or cc.backbone_lr < 0:
+        raise InputError(f"--condcbnt: unfreeze_after and backbone_lr must be >= 0, got {cc.unfreeze_after}, {cc.backbone_lr}")
+    backbone = load_backbone(cfg.backbone, expected=cc.backbone)
+    if cfg.mu_max > 0 and not np.isclose(cfg.mu_max, float(backbone.mu_max), rtol=1e-6):
+        raise InputError(f"--mu-max: condcbnt uses the backbone's range {float(backbone.mu_max):.6g}/mm, got {cfg.mu_max}; "
+                         f"leave it at 0")
+    modulation = ModulationField(cc.modulation, backbone.film_widths)
+    groups = [{"params": list(modulation.parameters()), "lr": cfg.optim.lr}]
+    backbone.requires_grad_(False)
+    if cc.unfreeze_after > 0:
+        groups.append({"params": list(backbone.parameters()), "lr": cc.backbone_lr, "start_step": cc.unfreeze_after})
+    return ConditionedField(backbone, modulation, scan.recon_geom), groups
 
 
 def prepare_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
@@ -84,16 +196,20 @@ def run_fit(cfg: FitConfig, resume: bool = False, overwrite: bool = False) -> tu
     """Fit the field of ``cfg`` to its scan; outputs land in ``cfg.out``."""
     if cfg.steps < 1:
         raise InputError(f"--steps must be >= 1, got {cfg.steps}")
+    if cfg.method == "condcbnt" and cfg.backbone is None:
+        raise InputError("--backbone: method condcbnt needs a pretrained backbone (backbone.pt from 'nfrecon pretrain')")
     out = Path(cfg.out)
     prepare_run_folder(out, resume, overwrite)
     device = resolve_device(cfg.device)
     scan = read_scan(cfg.scan, cfg.seed)
     if scan.recon_geom is None:
         raise InputError(f"{cfg.scan}: the scan has no reconstruction grid (recon_geometry); add one to the file")
-    mu_max = cfg.mu_max if cfg.mu_max > 0 else estimate_mu_max(scan)
     torch.manual_seed(cfg.seed)
-    model = build_field(cfg, scan, mu_max)
-    run = FitRun(model, scan, cfg, device)
+    if cfg.method == "condcbnt":
+        model, groups = build_conditioned(cfg, scan)
+    else:
+        model, groups = build_field(cfg, scan, cfg.mu_max if cfg.mu_max > 0 else estimate_mu_max(scan)), None
+    run = FitRun(model, scan, cfg, device, param_groups=groups)
     out.mkdir(parents=True, exist_ok=True)
     dump_yaml(cfg, out / "config.yaml")
     return run.run(resume=resume), scan

@@ -203,6 +203,16 @@ class ConeGeometry:
         width = self.det_shape[1] * self.pixel_size[1]
         return float(np.rad2deg(2 * np.arctan(width / 2 / self.sdd.mean())))
 
+    def fov_radius(self) -> float:
+        """Radius (mm) about the z axis seen by every view in the central detector row."""
+        radius = np.inf
+        for side in (-0.5, 0.5):
+            edge = self.det + side * self.det_shape[1] * self.u
+            s, e = self.src[:, 1:], edge[:, 1:] - self.src[:, 1:]
+            dist = np.abs(s[:, 0] * e[:, 1] - s[:, 1] * e[:, 0]) / np.linalg.norm(e, axis=1)
+            radius = min(radius, float(dist.min()))
+        return radius
+
     def is_circular(self, rtol: float = 1e-6) -> bool:
         """True if sources lie on one circle about the z axis at z = const (FDK's assumption)."""
         r = np.hypot(self.src[:, 1], self.src[:, 2])

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nfrecon.configio import load_yaml
 from nfrecon.errors import InputError
 from nfrecon.geometry.cone import ConeGeometry
 from nfrecon.geometry.volume import VolumeGeometry
@@ -164,6 +165,10 @@ class Protocol:
         )
 
     # ------------------------------------------------------------------ simulation
+    def fov_radius(self) -> float:
+        """Radius (mm) about the rotation axis seen by every view (central detector row)."""
+        return self.cone_geometry().fov_radius()
+
     def hu_to_mu(self, hu):
         """Linear attenuation (1/mm) of HU values; works on numpy arrays and torch tensors."""
         return (self.mu_water + self.mu_slope * hu.clip(self.hu_min, self.hu_max) / 1000.0).clip(min=0.0)
@@ -281,6 +286,29 @@ R2GAUSSIAN = Protocol(
 SMALL = dataclasses.replace(CONDCBNT.scaled(64, name="small"), n_views=50)
 
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (CONDCBNT, NAF, R2GAUSSIAN, SMALL)}
+
+
+def load_protocol(
+    name: str,
+    *,
+    size: int | None = None,
+    views: int | None = None,
+    arc_deg: float | None = None,
+    mu_water: float | None = None,
+) -> Protocol:
+    """A preset name or a YAML file of Protocol fields, then (in this order) scaled to
+    ``size``, given another arc and mu_water, and reduced to ``views`` of its views."""
+    if name.endswith((".yaml", ".yml")) and name not in PROTOCOLS:
+        protocol = Protocol.from_dict(load_yaml(name))
+    else:
+        protocol = get_protocol(name)
+    if size is not None:
+        protocol = protocol.scaled(size)
+    if arc_deg is not None:
+        protocol = dataclasses.replace(protocol, arc_deg=arc_deg)
+    if mu_water is not None:
+        protocol = dataclasses.replace(protocol, mu_water=mu_water)
+    return protocol if views is None else protocol.with_views(views)
 
 
 def get_protocol(name: str) -> Protocol:

@@ -1,0 +1,63 @@
+"""Options of a bench run (a dataclass; ``nfrecon bench`` is generated from it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+from nfrecon.bench.iterative import DEFAULT_LAM
+
+MethodName = Literal["fdk", "iterative", "naf", "condcbnt"]
+NoiseName = Literal["noisy", "clean"]
+METHOD_NAMES: tuple[str, ...] = MethodName.__args__
+DEFAULT_METHODS = ("fdk", "iterative", "naf")  # + condcbnt when a backbone is given
+
+
+@dataclass
+class BenchConfig:
+    """Every method on simulated scans of CT volumes, one protocol, several conditions."""
+
+    ct: list[Path] = field(default_factory=list)
+    """CT volumes in HU (.npz with volume_hu + spacing_zyx_mm, .nii, .nii.gz); default: the
+    real CTs (*.npz with volume_hu) in ../shared/data or $NFRECON_DATA."""
+    out: Path = Path("runs/bench")
+    """Folder for results.md/.csv/.json, curves.png, slices.png and runs/<volume>/<condition>/<method>/."""
+    protocol: str = "condcbnt"
+    """Protocol preset (condcbnt, naf, r2gaussian, small) or a YAML file of Protocol fields."""
+    size: Optional[int] = None
+    """Scale the protocol to an N^3 grid and an N-column detector (same field of view), e.g. 64."""
+    views: tuple[int, ...] = (50, 400)
+    """Numbers of views (each taken from the protocol's full set: 50 of 400 = every 8th)."""
+    noise: tuple[NoiseName, ...] = ("noisy", "clean")
+    """Conditions: noisy (the protocol's photon count, Poisson) and/or clean (noiseless)."""
+    methods: Optional[tuple[MethodName, ...]] = None
+    """Methods (default: fdk iterative naf, plus condcbnt when --backbone is given)."""
+    steps: Optional[int] = None
+    """Cap on the steps of the neural fits (default: the presets' budgets)."""
+    naf_preset: str = "auto"
+    """NAF preset from configs/ (auto: naf on CUDA, naf-fast on CPU)."""
+    condcbnt_preset: str = "condcbnt-fast"
+    """CondCBNT preset from configs/ (test-time fitting of the modulation field)."""
+    backbone: Optional[Path] = None
+    """Pretrained CondCBNT backbone (backbone.pt from 'nfrecon pretrain'); enables condcbnt."""
+    iterative_iters: Optional[int] = None
+    """Iterations of the iterative baseline (TV, Chambolle-Pock; default: its tuned default)."""
+    lam: float = DEFAULT_LAM
+    """Relative TV weight of the iterative baseline (see 'nfrecon iterative --help')."""
+    curve_points: int = 20
+    """PSNR evaluations of the volume during each neural fit (for curves.png; their time is not
+    charged to the method)."""
+    sim_step_mm: Optional[float] = None
+    """Sample step (mm) of the projector that simulates the scans on the CT's own grid (default:
+    half the CT's smallest voxel; 1.0 takes 2.8x fewer samples than that for the 0.7 mm chest CT)."""
+    seed: int = 0
+    """Noise seed (volume i uses seed + i) and seed of the neural fits."""
+    device: str = "auto"
+    """'auto', 'cpu' or 'cuda' for every method."""
+    threads: Optional[int] = None
+    """torch threads per method (default: torch's choice)."""
+    isolate: bool = True
+    """Run each method in a fresh Python process, so that its peak memory (RSS) is its own."""
+    keep_scans: bool = False
+    """Keep the simulated scans (HDF5) in <out>/scans."""

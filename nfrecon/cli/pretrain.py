@@ -1,0 +1,139 @@
+"""``nfrecon pretrain``: pretrain a CondCBNT backbone across scans, alone or data-parallel (DDP)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from nfrecon.cli.common import parse
+from nfrecon.cli.fit import CONFIG_DIR, presets
+from nfrecon.configio import load_yaml, merge
+from nfrecon.errors import InputError
+from nfrecon.fit.config import PretrainConfig
+from nfrecon.fit.distributed import launched_by_torchrun, torchrun_command
+from nfrecon.fit.pretrain import resolve_scan_paths, run_pretrain
+
+DESCRIPTION = """Pretrain the shared backbone of CondCBNT together with one modulation field per
+training scan (auto-decoding), on the scans' projections (rays, MSE on line integrals; the
+paper's setting) or, with --data voxels, on their ground truths (faster). Scans may differ in
+geometry and grid. Outputs in --out: backbone.pt (pass it to 'nfrecon fit --method condcbnt
+--backbone'), checkpoint.pt with modulations-<step>/ (for --resume), config.yaml, history.csv,
+summary.json and TensorBoard logs in tb/.
+Several processes (PyTorch DDP; NCCL on GPUs, gloo on CPUs): '--nproc N' starts N processes on
+this machine through torchrun; or start them yourself, also across machines, e.g.
+'torchrun --nnodes 2 --node-rank R --master-addr HOST --master-port 29500 --nproc-per-node 8
+-m nfrecon pretrain ...' (the output folder must then be shared). Rank r fits scans r, r+N, ...;
+the backbone is synchronised, each scan's modulation lives on its rank; rank 0 writes.
+Ctrl-C or SIGTERM: every process writes the checkpoint at the same step and stops.
+Options are applied in order: defaults < --preset < --config < command-line flags.
+Presets (configs/condcbnt*.yaml: their condcbnt.backbone/modulation, sampling and pretrain
+sections): condcbnt (published sizes), condcbnt-fast (CPU-sized), auto (condcbnt on CUDA,
+condcbnt-fast on CPU)."""
+
+
+@dataclass
+class PretrainArgs(PretrainConfig):
+    """Pretraining of a CondCBNT backbone and per-scan modulation fields."""
+
+    preset: str = "auto"
+    """Preset from configs/ (see above), or 'none' for the built-in defaults."""
+    config: Optional[Path] = None
+    """YAML config (e.g. an earlier run's config.yaml) applied over the preset."""
+    resume: bool = False
+    """Continue the run in --out from its checkpoint."""
+    overwrite: bool = False
+    """Start over in an --out that holds an earlier run."""
+    nproc: int = 0
+    """Start this many processes on this machine through torchrun (0: run in this process, or
+    as one rank of the torchrun job that started it)."""
+
+
+def _preset_name(name: str, device: str) -> str | None:
+    if name == "none":
+        return None
+    if name == "auto":
+        return "condcbnt" if torch.cuda.is_available() and device != "cpu" else "condcbnt-fast"
+    return name
+
+
+def preset_overrides(name: str) -> dict:
+    """The pretraining settings of preset ``name``: model and sampling from its fit sections,
+    then its ``pretrain`` section."""
+    path = CONFIG_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise InputError(f"--preset: unknown preset {name!r}; known: auto, none, {', '.join(presets())}")
+    data = load_yaml(path)
+    cc = data.get("condcbnt", {})
+    out = {"model": {k: cc[k] for k in ("backbone", "modulation") if k in cc}}
+    if "sampling" in data:
+        out["sampling"] = data["sampling"]
+    for key, value in data.get("pretrain", {}).items():
+        out[key] = {**out[key], **value} if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def base_config(preset: str, config: Path | None, device: str = "auto") -> PretrainConfig:
+    cfg = PretrainConfig()
+    name = _preset_name(preset, device)
+    if name is not None:
+        cfg = merge(cfg, preset_overrides(name), str(CONFIG_DIR / f"{name}.yaml"))
+    if config is not None:
+        cfg = merge(cfg, load_yaml(config), str(config))
+    return cfg
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
+
+
+def main(argv: list[str], prog: str) -> int:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", default="auto")
+    pre.add_argument("--config", type=Path, default=None)
+    pre.add_argument("--device", default="auto")
+    known, _ = pre.parse_known_args(argv)
+    base = base_config(known.preset, known.config, known.device)
+    fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(PretrainConfig)}
+    args = parse(PretrainArgs, argv, prog, DESCRIPTION, default=PretrainArgs(**fields, preset=known.preset, config=known.config))
+    cfg = PretrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig)})
+    if args.nproc < 0:
+        raise InputError(f"--nproc: must be >= 0, got {args.nproc}")
+    if args.nproc > 0:
+        if launched_by_torchrun():
+            raise InputError("--nproc: this process was started by torchrun already; leave --nproc out")
+        resolve_scan_paths(cfg.scans)  # fail here, before starting processes
+        cmd = torchrun_command(args.nproc, ["pretrain", *_without_nproc(argv)])
+        print(f"pretrain: starting {args.nproc} processes: {' '.join(cmd)}", flush=True)
+        return subprocess.run(cmd, env=os.environ.copy(), check=False).returncode
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    if main_rank:
+        where = f"{os.environ['WORLD_SIZE']} processes" if launched_by_torchrun() else "1 process"
+        print(f"pretrain: preset {_preset_name(args.preset, cfg.device) or 'none'}, {cfg.steps} steps on {cfg.data}, "
+              f"{where}, out {cfg.out}", flush=True)
+    result = run_pretrain(cfg, resume=args.resume, overwrite=args.overwrite)
+    if main_rank:
+        s = result.summary
+        rate = s.get("rays_per_s", s.get("points_per_s"))
+        unit = "rays" if "rays_per_s" in s else "points"
+        final = "n/a" if s["final_loss"] is None else f"{s['final_loss']:.4g}"
+        print(f"ran {result.steps_run} steps (to step {s['steps']}) on {s['scans']} scans in {result.seconds:.1f} s "
+              f"({s['seconds_per_step'] * 1000:.1f} ms/step, {rate:.3g} {unit}/s); final loss {final}")
+        if s["skipped"]:
+            print(f"skipped {len(s['skipped'])} unreadable scans (see summary.json)")
+        print(f"outputs in {cfg.out}/: backbone.pt, checkpoint.pt, config.yaml, history.csv, summary.json, tb/")
+    return 0

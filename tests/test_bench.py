@@ -1,0 +1,142 @@
+"""``nfrecon bench`` at a tiny size: its files, numbers recomputed independently, bad input."""
+
+import csv
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+from skimage.metrics import structural_similarity
+
+from nfrecon.bench.published import PUBLISHED
+from nfrecon.bench.table import render_markdown, summarize
+from nfrecon.cli import main
+
+STEPS = 12
+
+
+def _write_ct(path) -> None:
+    """A 24^3 CT at 10 mm (240 mm, inside the scaled protocol's field of view): air, a water
+    ellipsoid, a bone and a lung-like insert, in HU."""
+    n = 24
+    z, y, x = np.meshgrid(*(np.arange(n) - (n - 1) / 2,) * 3, indexing="ij")
+    hu = np.full((n, n, n), -1000, np.int16)
+    hu[(z / 10) ** 2 + (y / 8) ** 2 + (x / 10) ** 2 <= 1] = 0
+    hu[(z / 4) ** 2 + ((y - 2) / 3) ** 2 + ((x + 3) / 3) ** 2 <= 1] = 1000
+    hu[(z / 5) ** 2 + ((y + 1) / 3) ** 2 + ((x - 4) / 2) ** 2 <= 1] = -500
+    np.savez(path, volume_hu=hu, spacing_zyx_mm=np.array([10, 10, 10], np.float32))
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bench")
+    _write_ct(d / "blob.npz")
+    argv = ["bench", "--ct", str(d / "blob.npz"), "--size", "16", "--views", "8", "--noise", "noisy",
+            "--steps", str(STEPS), "--curve-points", "4", "--iterative-iters", "15", "--threads", "1",
+            "--out", str(d / "out")]
+    assert main(argv) == 0
+    return d / "out"
+
+
+def _zyx(path) -> np.ndarray:
+    return np.asarray(nib.load(path).dataobj, dtype=np.float64).transpose(2, 1, 0)
+
+
+def test_bench_writes_every_file(bench):
+    for name in ("results.md", "results.csv", "results.json"):
+        assert (bench / name).stat().st_size > 0
+    for name in ("curves.png", "slices.png"):
+        with Image.open(bench / name) as img:
+            assert img.format == "PNG" and min(img.size) > 200
+    doc = json.loads((bench / "results.json").read_text())
+    assert [r["method"] for r in doc["results"]] == ["fdk", "iterative", "naf"]
+    assert all(r["status"] == "ok" and r["views"] == 8 and r["noise"] == "noisy" for r in doc["results"])
+    for key in ("cpu", "cores", "torch"):
+        assert doc["machine"][key]
+    assert doc["commit"] and doc["command"].startswith("nfrecon bench --ct") and doc["device"] == "cpu"
+    assert not (bench / "scans").exists()  # removed without --keep-scans
+
+
+def test_results_equal_metrics_recomputed_from_the_written_volumes(bench):
+    """PSNR with numpy and SSIM with skimage from the NIfTI files, against results.json."""
+    doc = json.loads((bench / "results.json").read_text())
+    gt = _zyx(bench / doc["volumes"][0]["gt"])
+    r = gt.max()
+    for rec in doc["results"]:
+        x = _zyx(bench / rec["volume_path"])
+        psnr = 10 * np.log10(r**2 / np.mean((x - gt) ** 2))
+        ssim = structural_similarity(gt, x, win_size=7, data_range=r)
+        assert rec["metrics"]["psnr_db"] == pytest.approx(psnr, abs=1e-6)
+        assert rec["metrics"]["ssim_3d"] == pytest.approx(ssim, abs=1e-6)
+        assert rec["metrics"]["data_range"] == pytest.approx(r, rel=1e-7)
+        assert rec["seconds"] > 0
+        mem = rec["memory"]
+        assert mem["peak_rss_mb"] >= mem["baseline_rss_mb"] > 50 and mem["cuda_peak_mb"] is None
+    rows = {row["method"]: row for row in csv.DictReader((bench / "results.csv").open())}
+    assert set(rows) == {"fdk", "iterative", "naf"}
+    for rec in doc["results"]:
+        assert float(rows[rec["method"]]["psnr_db"]) == pytest.approx(rec["metrics"]["psnr_db"], rel=1e-12)
+        assert rows[rec["method"]]["commit"] == doc["commit"]
+
+
+def test_curves_are_timed_without_their_evaluations(bench):
+    doc = json.loads((bench / "results.json").read_text())
+    naf = next(r for r in doc["results"] if r["method"] == "naf")
+    times, steps = [c[0] for c in naf["curve"]], [c[2] for c in naf["curve"]]
+    assert len(naf["curve"]) == 4 + 1 and steps[:4] == [3, 6, 9, 12]  # every 12 // 4 steps, then the export
+    assert all(b >= a for a, b in zip(times, times[1:])) and times[-1] == pytest.approx(naf["seconds"])
+    assert naf["curve_eval_seconds"] > 0 and naf["info"]["steps_run"] == STEPS
+    assert naf["curve"][-1][1] == pytest.approx(naf["metrics"]["psnr_db"])
+    it = next(r for r in doc["results"] if r["method"] == "iterative")
+    assert [c[2] for c in it["curve"]] == list(range(1, 16)) and it["info"]["iterations_run"] == 15
+
+
+def test_markdown_holds_the_published_numbers_beside_ours(bench):
+    text = (bench / "results.md").read_text()
+    for psnr, ssim, _ in PUBLISHED.values():
+        assert f"| {psnr:.2f} | {ssim:.2f} |" in text
+    assert "(published)" in text and "(measured)" in text and "scaled to 16^3" in text
+    doc = json.loads((bench / "results.json").read_text())
+    fdk = next(r for r in doc["results"] if r["method"] == "fdk")
+    assert f"| FDK | 8 | noisy | {fdk['metrics']['psnr_db']:.2f} |" in text
+    assert render_markdown(doc) == text  # re-rendered from results.json alone
+
+
+def test_summary_mean_and_sample_std_over_volumes():
+    def rec(volume, psnr, ssim, seconds):
+        return {"method": "naf", "views": 50, "noise": "noisy", "volume": volume, "status": "ok", "seconds": seconds,
+                "metrics": {"psnr_db": psnr, "ssim_3d": ssim},
+                "memory": {"peak_rss_mb": 100.0 + seconds, "baseline_rss_mb": 50.0, "cuda_peak_mb": None}}
+
+    records = [rec("a", 20.0, 0.5, 3.0), rec("b", 23.0, 0.7, 5.0), rec("c", 24.5, 0.6, 4.0),
+               {"method": "naf", "views": 50, "noise": "noisy", "volume": "d", "status": "failed", "error": "x"}]
+    (row,) = summarize(records)
+    assert row["psnr_db"] == pytest.approx(np.mean([20.0, 23.0, 24.5]))
+    assert row["psnr_db_std"] == pytest.approx(np.std([20.0, 23.0, 24.5], ddof=1))
+    assert row["ssim_3d_std"] == pytest.approx(np.std([0.5, 0.7, 0.6], ddof=1))
+    assert row["seconds"] == pytest.approx(4.0) and row["peak_rss_mb"] == 105.0
+    assert row["volumes"] == ["a", "b", "c"] and row["failed"] == ["d"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--ct", "{d}/missing.npz"], "missing.npz"),
+        (["--ct", "{d}/bad.npz"], "bad.npz"),
+        (["--ct", "{d}/ok.npz", "--methods", "condcbnt"], "--backbone"),
+        (["--ct", "{d}/ok.npz", "--views", "500"], "--views"),
+        (["--ct", "{d}/ok.npz", "--naf-preset", "nope"], "--naf-preset"),
+        (["--ct", "{d}/ok.npz", "--size", "4"], "--size"),
+    ],
+)
+def test_bad_input_one_line_error_exit_2_no_output(tmp_path, capsys, argv, message):
+    np.savez(tmp_path / "bad.npz", something=np.zeros(3))
+    _write_ct(tmp_path / "ok.npz")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code = main(["bench", *(a.format(d=tmp_path) for a in argv), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
