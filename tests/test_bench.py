@@ -2,6 +2,7 @@
 
 import csv
 import json
+from itertools import pairwise
 
 import nibabel as nib
 import numpy as np
@@ -12,6 +13,10 @@ from skimage.metrics import structural_similarity
 from nfrecon.bench.published import PUBLISHED
 from nfrecon.bench.table import render_markdown, summarize
 from nfrecon.cli import main
+from nfrecon.fields.conditioned import Backbone, BackboneConfig, ModulationConfig
+from nfrecon.fields.hashgrid import HashGridConfig
+from nfrecon.fields.mlp import MLPConfig
+from nfrecon.fit.run import save_backbone
 
 STEPS = 12
 
@@ -28,13 +33,24 @@ def _write_ct(path) -> None:
     np.savez(path, volume_hu=hu, spacing_zyx_mm=np.array([10, 10, 10], np.float32))
 
 
+def _write_backbone(path) -> None:
+    """An untrained, tiny CondCBNT backbone file (the runner's interface, not its quality)."""
+    cfg = BackboneConfig(encoder=HashGridConfig(n_levels=4, log2_hashmap_size=12, base_resolution=4, per_level_scale=1.6),
+                         mlp=MLPConfig(hidden=(16, 16), skips=()))
+    modulation = ModulationConfig(encoder=HashGridConfig(n_levels=2, log2_hashmap_size=10, base_resolution=3),
+                                  mlp=MLPConfig(hidden=(8,), skips=(), out_activation="none"))
+    save_backbone(path, Backbone(cfg, 0.05), modulation, step=0, n_scans=1)
+
+
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
+    """fdk, iterative, naf and (with --backbone, by default) condcbnt on one tiny scan."""
     d = tmp_path_factory.mktemp("bench")
     _write_ct(d / "blob.npz")
+    _write_backbone(d / "backbone.pt")
     argv = ["bench", "--ct", str(d / "blob.npz"), "--size", "16", "--views", "8", "--noise", "noisy",
-            "--steps", str(STEPS), "--curve-points", "4", "--iterative-iters", "15", "--threads", "1",
-            "--out", str(d / "out")]
+            "--steps", str(STEPS), "--curve-points", "4", "--iterative-iters", "15", "--threads", "1", "--device", "cpu",
+            "--backbone", str(d / "backbone.pt"), "--out", str(d / "out")]
     assert main(argv) == 0
     return d / "out"
 
@@ -50,7 +66,7 @@ def test_bench_writes_every_file(bench):
         with Image.open(bench / name) as img:
             assert img.format == "PNG" and min(img.size) > 200
     doc = json.loads((bench / "results.json").read_text())
-    assert [r["method"] for r in doc["results"]] == ["fdk", "iterative", "naf"]
+    assert [r["method"] for r in doc["results"]] == ["fdk", "iterative", "naf", "condcbnt"]
     assert all(r["status"] == "ok" and r["views"] == 8 and r["noise"] == "noisy" for r in doc["results"])
     for key in ("cpu", "cores", "torch"):
         assert doc["machine"][key]
@@ -74,7 +90,7 @@ def test_results_equal_metrics_recomputed_from_the_written_volumes(bench):
         mem = rec["memory"]
         assert mem["peak_rss_mb"] >= mem["baseline_rss_mb"] > 50 and mem["cuda_peak_mb"] is None
     rows = {row["method"]: row for row in csv.DictReader((bench / "results.csv").open())}
-    assert set(rows) == {"fdk", "iterative", "naf"}
+    assert set(rows) == {"fdk", "iterative", "naf", "condcbnt"}
     for rec in doc["results"]:
         assert float(rows[rec["method"]]["psnr_db"]) == pytest.approx(rec["metrics"]["psnr_db"], rel=1e-12)
         assert rows[rec["method"]]["commit"] == doc["commit"]
@@ -82,12 +98,12 @@ def test_results_equal_metrics_recomputed_from_the_written_volumes(bench):
 
 def test_curves_are_timed_without_their_evaluations(bench):
     doc = json.loads((bench / "results.json").read_text())
-    naf = next(r for r in doc["results"] if r["method"] == "naf")
-    times, steps = [c[0] for c in naf["curve"]], [c[2] for c in naf["curve"]]
-    assert len(naf["curve"]) == 4 + 1 and steps[:4] == [3, 6, 9, 12]  # every 12 // 4 steps, then the export
-    assert all(b >= a for a, b in zip(times, times[1:])) and times[-1] == pytest.approx(naf["seconds"])
-    assert naf["curve_eval_seconds"] > 0 and naf["info"]["steps_run"] == STEPS
-    assert naf["curve"][-1][1] == pytest.approx(naf["metrics"]["psnr_db"])
+    for neural in (r for r in doc["results"] if r["method"] in ("naf", "condcbnt")):
+        times, steps = [c[0] for c in neural["curve"]], [c[2] for c in neural["curve"]]
+        assert len(neural["curve"]) == 4 + 1 and steps[:4] == [3, 6, 9, 12]  # every 12 // 4 steps, then the export
+        assert all(b >= a for a, b in pairwise(times)) and times[-1] == pytest.approx(neural["seconds"])
+        assert neural["curve_eval_seconds"] > 0 and neural["info"]["steps_run"] == STEPS
+        assert neural["curve"][-1][1] == pytest.approx(neural["metrics"]["psnr_db"])
     it = next(r for r in doc["results"] if r["method"] == "iterative")
     assert [c[2] for c in it["curve"]] == list(range(1, 16)) and it["info"]["iterations_run"] == 15
 
@@ -97,6 +113,8 @@ def test_markdown_holds_the_published_numbers_beside_ours(bench):
     for psnr, ssim, _ in PUBLISHED.values():
         assert f"| {psnr:.2f} | {ssim:.2f} |" in text
     assert "(published)" in text and "(measured)" in text and "scaled to 16^3" in text
+    assert "NAF: preset naf-fast, at most 12 steps" in text  # auto on the CPU
+    assert "CondCBNT: preset condcbnt-fast, at most 12 steps, backbone" in text
     doc = json.loads((bench / "results.json").read_text())
     fdk = next(r for r in doc["results"] if r["method"] == "fdk")
     assert f"| FDK | 8 | noisy | {fdk['metrics']['psnr_db']:.2f} |" in text
@@ -128,6 +146,7 @@ def test_summary_mean_and_sample_std_over_volumes():
         (["--ct", "{d}/ok.npz", "--views", "500"], "--views"),
         (["--ct", "{d}/ok.npz", "--naf-preset", "nope"], "--naf-preset"),
         (["--ct", "{d}/ok.npz", "--size", "4"], "--size"),
+        (["--ct", "{d}/ok.npz", "--skip", "iterative:60"], "--skip"),
     ],
 )
 def test_bad_input_one_line_error_exit_2_no_output(tmp_path, capsys, argv, message):

@@ -1,6 +1,7 @@
 """``nfrecon iterative`` end to end at a tiny size, the relative TV weight, and bad input."""
 
 import json
+from itertools import pairwise
 
 import nibabel as nib
 import numpy as np
@@ -10,7 +11,6 @@ import yaml
 
 from nfrecon.bench.iterative import IterativeSettings, tv_scale
 from nfrecon.cli import main
-from nfrecon.data.scan import load_scan
 from nfrecon.geometry.cone import ConeGeometry
 from nfrecon.geometry.protocols import get_protocol
 from nfrecon.geometry.volume import VolumeGeometry
@@ -48,7 +48,7 @@ def test_every_method_writes_the_fdk_outputs_with_its_history(scan_dir, capsys, 
     history = metrics["residual_history"]
     assert len(history) == 5 and history[0] == pytest.approx(1.0)  # from x0 = 0: ||p|| / ||p||
     if method == "cgls":  # CGLS minimises the residual over growing Krylov spaces: it never increases
-        assert all(b <= a * (1 + 1e-6) for a, b in zip(history, history[1:]))
+        assert all(b <= a * (1 + 1e-6) for a, b in pairwise(history))
     assert history[-1] < 0.75
     # the reported quality is that of the written volume (independent PSNR with numpy)
     x, gt = _nifti_zyx(out / "volume.nii.gz"), _nifti_zyx(scan_dir / "scan_gt.nii.gz")
@@ -122,3 +122,15 @@ def test_bad_input_one_line_error_exit_2_no_output(scan_dir, tmp_path, capsys, a
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and message in lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+def test_projector_cache_repeats_the_uncached_numbers_exactly():
+    """The solvers' repeated A / A^T reuse cached sample grids: same numbers as recomputing them."""
+    p = get_protocol("small").scaled(12).with_views(5)
+    vg, geom = p.volume_geometry(), p.cone_geometry()
+    x = torch.rand(vg.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    y = torch.rand(geom.proj_shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    cached, plain = VoxelProjector(vg, geom, chunk_samples=4096), VoxelProjector(vg, geom, chunk_samples=4096, cache_bytes=0)
+    for _ in range(2):  # the first call fills the cache, the second reads it
+        assert torch.equal(cached(x), plain(x)) and torch.equal(cached.T(y), plain.T(y))
+    assert cached._cache and not plain._cache

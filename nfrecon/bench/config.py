@@ -33,6 +33,9 @@ class BenchConfig:
     """Conditions: noisy (the protocol's photon count, Poisson) and/or clean (noiseless)."""
     methods: Optional[tuple[MethodName, ...]] = None
     """Methods (default: fdk iterative naf, plus condcbnt when --backbone is given)."""
+    skip: tuple[str, ...] = ()
+    """METHOD:VIEWS pairs not to run, e.g. iterative:400 (the published table has no iterative
+    result at 400 views, and TV there is the bench's slowest run on a CPU)."""
     steps: Optional[int] = None
     """Cap on the steps of the neural fits (default: the presets' budgets)."""
     naf_preset: str = "auto"

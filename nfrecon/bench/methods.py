@@ -31,13 +31,13 @@ import torch
 
 from nfrecon.bench.iterative import IterativeSettings, reconstruct
 from nfrecon.bench.memory import MemoryProbe
-from nfrecon.configio import dump_yaml, from_dict
+from nfrecon.configio import from_dict
 from nfrecon.data.scan import Scan, load_scan
 from nfrecon.devices import resolve_device
-from nfrecon.fields.naf import evaluate_grid
+from nfrecon.fields import evaluate_grid
 from nfrecon.fit.config import FitConfig
-from nfrecon.fit.loop import FitResult, FitRun
-from nfrecon.fit.run import build_conditioned, build_field, estimate_mu_max, read_scan
+from nfrecon.fit.loop import FitRun
+from nfrecon.fit.run import run_fit
 from nfrecon.metrics import psnr
 from nfrecon.outputs.results import write_results
 from nfrecon.recon.fdk import fdk
@@ -58,6 +58,14 @@ class Clock:
 
     def elapsed(self) -> float:
         return self.now() - self.start - self.excluded
+
+    def point(self, evaluate, step: int) -> list:
+        """[seconds so far, evaluate(), step] for a curve; evaluate's own time is set aside."""
+        t = self.now()
+        seconds = t - self.start - self.excluded
+        value = evaluate()
+        self.excluded += self.now() - t
+        return [seconds, value, step]
 
 
 def _quality(metrics: dict) -> dict:
@@ -81,9 +89,7 @@ def _run_iterative(scan: Scan, job: dict, device: torch.device) -> dict:
     curve = []
 
     def on_iteration(k: int, x: torch.Tensor) -> None:
-        t = clock.now()
-        curve.append([t - clock.start - clock.excluded, psnr(x, gt), k])
-        clock.excluded += clock.now() - t
+        curve.append(clock.point(lambda: psnr(x, gt), k))
 
     result, info = reconstruct(torch.as_tensor(scan.projections, device=device), scan.geom, scan.recon_geom,
                                settings, callback=on_iteration)
@@ -106,21 +112,6 @@ def fit_config(job: dict) -> FitConfig:
                                device=job["device"], seed=int(job["seed"]), steps=steps, output=output)
 
 
-def _fit(cfg: FitConfig, on_step) -> FitResult:
-    """``nfrecon.fit.run.run_fit`` (fresh run) with a callback after every step."""
-    device = resolve_device(cfg.device)
-    scan = read_scan(cfg.scan, cfg.seed)
-    torch.manual_seed(cfg.seed)
-    if cfg.method == "condcbnt":
-        model, groups = build_conditioned(cfg, scan)
-    else:
-        model, groups = build_field(cfg, scan, cfg.mu_max if cfg.mu_max > 0 else estimate_mu_max(scan)), None
-    run = FitRun(model, scan, cfg, device, param_groups=groups)
-    Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    dump_yaml(cfg, Path(cfg.out) / "config.yaml")
-    return run.run(on_step=on_step)
-
-
 def _run_neural(scan: Scan, job: dict, device: torch.device) -> dict:
     cfg = fit_config(job)
     every = max(1, cfg.steps // max(1, int(job["curve_points"])))
@@ -129,13 +120,10 @@ def _run_neural(scan: Scan, job: dict, device: torch.device) -> dict:
     curve = []
 
     def on_step(run: FitRun) -> None:
-        if run.step % every:
-            return
-        t = clock.now()
-        curve.append([t - clock.start - clock.excluded, psnr(evaluate_grid(run.model, run.grid_geom), gt), run.step])
-        clock.excluded += clock.now() - t
+        if run.step % every == 0:
+            curve.append(clock.point(lambda: psnr(evaluate_grid(run.model, run.grid_geom), gt), run.step))
 
-    result = _fit(cfg, on_step)
+    result, _ = run_fit(cfg, overwrite=True, on_step=on_step)
     seconds = clock.elapsed()
     quality = _quality(result.metrics["vs_ground_truth"])
     curve.append([seconds, quality["psnr_db"], result.metrics["exported_step"]])

@@ -84,6 +84,14 @@ class Volume:
     geom: VolumeGeometry
 
 
+@dataclass(frozen=True)
+class FitSetup:
+    """A neural method's configuration: the preset's name and the FitConfig it resolved to."""
+
+    preset: str
+    config: FitConfig
+
+
 @dataclass
 class Plan:
     """Everything a bench run needs, checked before anything is written."""
@@ -92,7 +100,8 @@ class Plan:
     protocol: Protocol
     volumes: list[Volume]
     methods: tuple[str, ...]
-    fit_configs: dict[str, FitConfig]
+    skip: frozenset[tuple[str, int]]
+    fits: dict[str, FitSetup]
     device: str
     command: str
 
@@ -113,16 +122,28 @@ def _unique_names(paths: list[Path]) -> list[str]:
     return names
 
 
-def plan(cfg: BenchConfig, fit_configs: dict[str, FitConfig], command: str) -> Plan:
+def _skips(items, methods, views) -> frozenset[tuple[str, int]]:
+    pairs = set()
+    for item in items:
+        method, _, n = str(item).partition(":")
+        if method not in methods or not n.isdigit() or int(n) not in views:
+            raise InputError(f"--skip: {item!r} is not METHOD:VIEWS with a method of --methods {' '.join(methods)} "
+                             f"and views of --views {' '.join(map(str, views))}")
+        pairs.add((method, int(n)))
+    return frozenset(pairs)
+
+
+def plan(cfg: BenchConfig, fits: dict[str, FitSetup], command: str) -> Plan:
     """Check the options and read the CTs; every problem is an InputError naming the option.
 
-    ``fit_configs``: the preset-resolved FitConfig of each neural method that may run
+    ``fits``: the preset-resolved configuration of each neural method that may run
     (naf; condcbnt with the backbone's sizes), see ``nfrecon.cli.bench``.
     """
     if cfg.size is not None and cfg.size < 8:
         raise InputError(f"--size: must be an integer >= 8 (the SSIM window is 7 voxels), got {cfg.size}")
     protocol = load_protocol(cfg.protocol, cfg.size)
-    for name, value in (("steps", cfg.steps), ("curve-points", cfg.curve_points), ("threads", cfg.threads)):
+    for name, value in (("steps", cfg.steps), ("curve-points", cfg.curve_points), ("threads", cfg.threads),
+                        ("iterative-iters", cfg.iterative_iters)):
         _check_positive(value, name)
     if not cfg.views or len(set(cfg.views)) != len(cfg.views):
         raise InputError(f"--views: give one or more distinct numbers of views, got {list(cfg.views)}")
@@ -142,8 +163,9 @@ def plan(cfg: BenchConfig, fit_configs: dict[str, FitConfig], command: str) -> P
         if not Path(cfg.backbone).is_file():
             raise InputError(f"--backbone {cfg.backbone}: no such file")
     for method in methods:
-        if method in ("naf", "condcbnt") and method not in fit_configs:
+        if method in ("naf", "condcbnt") and method not in fits:
             raise InputError(f"--methods {method}: no fit configuration given for it")
+    skip = _skips(cfg.skip, methods, cfg.views)
     IterativeSettings("tv", cfg.iterative_iters, lam=cfg.lam).check(min(cfg.views))
     device = str(resolve_device(cfg.device))
     if cfg.sim_step_mm is not None and not cfg.sim_step_mm > 0:
@@ -157,7 +179,7 @@ def plan(cfg: BenchConfig, fit_configs: dict[str, FitConfig], command: str) -> P
     for name, path in zip(_unique_names(paths), paths):
         hu, geom = read_ct(path)
         volumes.append(Volume(name, Path(path), hu, geom))
-    return Plan(cfg, protocol, volumes, tuple(methods), fit_configs, device, command)
+    return Plan(cfg, protocol, volumes, tuple(methods), skip, fits, device, command)
 
 
 # ---------------------------------------------------------------------- scans
@@ -190,7 +212,7 @@ def _job(plan: Plan, method: str, scan_path: Path, run_dir: Path) -> dict:
     if method == "iterative":
         job.update(iters=cfg.iterative_iters, lam=cfg.lam)
     elif method in ("naf", "condcbnt"):
-        fit = dataclasses.replace(plan.fit_configs[method], backbone=cfg.backbone if method == "condcbnt" else None)
+        fit = dataclasses.replace(plan.fits[method].config, backbone=cfg.backbone if method == "condcbnt" else None)
         job.update(fit=to_dict(fit), steps=cfg.steps, curve_points=cfg.curve_points, seed=cfg.seed)
     return job
 
@@ -203,7 +225,7 @@ def _run_isolated(job: dict, folder: Path) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), env.get("PYTHONPATH")]))
     proc = subprocess.run([sys.executable, "-m", "nfrecon.bench.worker", str(job_path), str(record_path)],
-                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
     if proc.returncode != 0 or not record_path.is_file():
         lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
         raise RuntimeError(lines[-1] if lines else f"worker exited with status {proc.returncode}")
@@ -238,10 +260,11 @@ def results_document(plan: Plan, volumes_info: list[dict], records: list[dict], 
         "methods": list(plan.methods),
         "settings": {
             "iterative": {"method": "tv", "iters": IterativeSettings("tv", cfg.iterative_iters).n_iter, "lam": cfg.lam},
-            "neural": {m: {"preset": cfg.naf_preset if m == "naf" else cfg.condcbnt_preset,
-                           "steps": min(plan.fit_configs[m].steps, cfg.steps or plan.fit_configs[m].steps),
+            "neural": {m: {"preset": plan.fits[m].preset,
+                           "steps": min(plan.fits[m].config.steps, cfg.steps or plan.fits[m].config.steps),
                            "backbone": str(cfg.backbone) if m == "condcbnt" else None}
                        for m in plan.methods if m in ("naf", "condcbnt")},
+            "skipped": sorted(f"{m}:{n}" for m, n in plan.skip),
             "seed": cfg.seed,
             "sim_step_mm": cfg.sim_step_mm,
             "isolated": cfg.isolate,
@@ -263,9 +286,11 @@ def run_bench(plan: Plan) -> dict:
     started = time.strftime("%Y-%m-%d %H:%M:%S %z")
     records: list[dict] = []
     volumes_info: list[dict] = []
-    total = len(plan.volumes) * len(cfg.views) * len(cfg.noise) * len(plan.methods)
+    runs = [(n, method) for n in cfg.views for method in plan.methods if (method, n) not in plan.skip]
+    total = len(plan.volumes) * len(cfg.noise) * len(runs)
     print(f"bench: {len(plan.volumes)} volume(s) x {len(cfg.views) * len(cfg.noise)} condition(s) x "
-          f"{len(plan.methods)} method(s) = {total} runs; {plan.protocol.describe()}", flush=True)
+          f"{len(plan.methods)} method(s){' less the skipped' if plan.skip else ''} = {total} runs; "
+          f"{plan.protocol.describe()}", flush=True)
     for i, volume in enumerate(plan.volumes):
         t0 = time.perf_counter()
         scans, sim_warnings = simulate_conditions(plan, volume, cfg.seed + i)
@@ -279,7 +304,7 @@ def run_bench(plan: Plan) -> dict:
             print(f"warning: {volume.name}: {text}", file=sys.stderr)
         for (n, noise), scan in scans.items():
             scan_path = save_scan(scan, scans_dir / f"{volume.name}_{n}v_{noise}.h5")
-            for method in plan.methods:
+            for method in (m for m in plan.methods if (m, n) not in plan.skip):
                 rel = Path("runs") / volume.name / f"{n}v-{noise}" / method
                 run_dir = out / rel
                 run_dir.mkdir(parents=True, exist_ok=True)

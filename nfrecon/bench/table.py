@@ -146,45 +146,47 @@ def render_markdown(doc: dict) -> str:
     size = doc.get("size")
     scale = (f"scaled to {size}^3 voxels of {p['voxel_size'][0]:g} mm and {p['det_shape'][0]}x{p['det_shape'][1]} "
              f"detector pixels of {p['pixel_size'][1]:g} mm (same field of view)" if size else "at full size")
-    settings = doc["settings"]
+    settings, d = doc["settings"], doc["definitions"]
     neural = "; ".join(f"{LABELS.get(m, m)}: preset {s['preset']}, at most {s['steps']} steps"
                        + (f", backbone {s['backbone']}" if s.get("backbone") else "")
                        for m, s in settings["neural"].items())
     it = settings["iterative"]
     gpu = f", GPU {machine['gpu']}" if machine.get("gpu") else ""
+    threads = ", ".join(sorted({str(r["torch_threads"]) for r in doc["results"] if "torch_threads" in r})) or "-"
     volumes = ", ".join(f"{v['name']} ({'x'.join(map(str, v['shape']))} voxels of "
                         f"{'x'.join(f'{s:g}' for s in v['spacing_mm'])} mm)" for v in doc["volumes"])
     parts = [
         f"# nfrecon bench: {p['name']} protocol, {scale}",
         "",
-        f"Protocol: {doc['protocol_description']}. Conditions take their views from the full set "
-        f"(e.g. 50 of 400 = every 8th view); noisy = Poisson noise with {p['photons']:g} photons per pixel, "
-        "clean = noiseless projections of the same views.",
+        (f"Protocol: {doc['protocol_description']}. Conditions take their views from the full set "
+         f"(e.g. 50 of 400 = every 8th view); noisy = Poisson noise with {p['photons']:g} photons per pixel, "
+         "clean = noiseless projections of the same views."),
         "",
         f"Volumes: {volumes}.",
         "",
-        f"Machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']} "
-        f"({machine['torch_threads']} threads in the bench process), device {doc['device']}{gpu}. "
-        f"Commit {doc['commit']}. Started {doc['started']}.",
+        (f"Machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']} "
+         f"({threads} threads per method), device {doc['device']}{gpu}. "
+         f"Commit {doc['commit']}. Started {doc['started']}."),
         "",
         f"Command: `{doc['command']}`",
         "",
-        f"Settings: Iterative (TV): Chambolle-Pock, {it['iters']} iterations, relative lam {it['lam']:g}; "
-        f"{neural or 'no neural fits'}; seed {settings['seed']}.",
+        (f"Settings: Iterative (TV): Chambolle-Pock, {it['iters']} iterations, relative lam {it['lam']:g}; "
+         f"{neural or 'no neural fits'}; seed {settings['seed']}"
+         + (f"; not run: {', '.join(settings['skipped'])}" if settings.get("skipped") else "") + "."),
         "",
         "## Measured here vs published",
         "",
-        "Measured: mean ± sample std over the volumes above, on this protocol size and this machine. "
-        f"Published: {SOURCE}. Different volumes, grid size and hardware: compare trends, not digits.",
+        ("Measured: mean ± sample std over the volumes above, on this protocol size and this machine. "
+         f"Published: {SOURCE}. Different volumes, grid size and hardware: compare trends, not digits."),
         "",
         _md_table(["method", "views", "noise", "PSNR dB (measured)", "SSIM (measured)", "s / volume (measured)",
                    "peak MiB (measured)", "PSNR dB (published)", "SSIM (published)", "s / volume (published)"],
                   _comparison_rows(doc)),
         "",
-        "PSNR: " + doc["definitions"]["psnr_db"] + " (R = max of the ground truth on the reconstruction grid). "
-        "SSIM (measured): " + doc["definitions"]["ssim_3d"] + ". Seconds: " + doc["definitions"]["seconds"] + ". "
-        "Peak MiB: " + doc["definitions"]["peak_rss_mb"] + "; in brackets what the method added to the "
-        "process's peak before it started; on CUDA the peak of torch's allocations.",
+        (f"PSNR: {d['psnr_db']} (R = max of the ground truth on the reconstruction grid). "
+         f"SSIM (measured): {d['ssim_3d']}. Seconds: {d['seconds']}. Peak MiB: {d['peak_rss_mb']}; in brackets "
+         "how far it rose above the process's peak before the method started; on CUDA the peak of torch's "
+         "allocations."),
         "",
         "## Per volume",
         "",

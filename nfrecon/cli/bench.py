@@ -5,11 +5,10 @@ from __future__ import annotations
 import shlex
 
 from nfrecon.bench.config import BenchConfig
-from nfrecon.bench.runner import plan, run_bench
+from nfrecon.bench.runner import FitSetup, plan, run_bench
 from nfrecon.cli.common import parse
-from nfrecon.cli.fit import base_config
+from nfrecon.cli.fit import _preset_name, base_config
 from nfrecon.errors import InputError
-from nfrecon.fit.config import FitConfig
 
 DESCRIPTION = """Benchmark every method on the same simulated scans. For each CT volume (default: the
 real CTs in ../shared/data) the protocol's scan is simulated (default: the CondCBNT-like
@@ -23,24 +22,24 @@ curves.png (PSNR over wall time) and slices.png (one slice of every method).
 A full-size run takes hours on a CPU: try --size 64 --views 50 --noise noisy first."""
 
 
-def fit_configs(cfg: BenchConfig) -> dict[str, FitConfig]:
-    """The preset-resolved FitConfig of each neural method (condcbnt only with a backbone)."""
-    configs = {}
-    try:
-        configs["naf"] = base_config(cfg.naf_preset, None, cfg.device, "naf")
-    except InputError as exc:
-        raise InputError(f"--naf-preset: {exc}") from exc
-    if cfg.backbone is not None:
+def fit_setups(cfg: BenchConfig) -> dict[str, FitSetup]:
+    """The preset-resolved configuration of each neural method (condcbnt only with a backbone)."""
+    setups = {}
+    for method, preset, option in (("naf", cfg.naf_preset, "--naf-preset"),
+                                   ("condcbnt", cfg.condcbnt_preset, "--condcbnt-preset/--backbone")):
+        if method == "condcbnt" and cfg.backbone is None:
+            continue
         try:
-            configs["condcbnt"] = base_config(cfg.condcbnt_preset, None, cfg.device, "condcbnt", cfg.backbone)
+            config = base_config(preset, None, cfg.device, method, cfg.backbone if method == "condcbnt" else None)
         except InputError as exc:
-            raise InputError(f"--condcbnt-preset/--backbone: {exc}") from exc
-    return configs
+            raise InputError(f"{option}: {exc}") from exc
+        setups[method] = FitSetup(_preset_name(preset, cfg.device, method) or "none", config)
+    return setups
 
 
 def main(argv: list[str], prog: str) -> int:
     cfg = parse(BenchConfig, argv, prog, DESCRIPTION)
-    bench = plan(cfg, fit_configs(cfg), command=shlex.join([*prog.split(), *argv]))
+    bench = plan(cfg, fit_setups(cfg), command=shlex.join([*prog.split(), *argv]))
     doc = run_bench(bench)
     failed = [r for r in doc["results"] if r["status"] != "ok"]
     print(f"results in {cfg.out}/: results.md, results.csv, results.json, curves.png, slices.png")

@@ -41,7 +41,7 @@ from torch import nn
 from nfrecon.errors import InputError
 from nfrecon.fields.hashgrid import HashGridConfig, HashGridEncoding
 from nfrecon.fields.mlp import MLP, MLPConfig
-from nfrecon.fields.naf import _BoxField
+from nfrecon.fields.base import BoxField
 from nfrecon.geometry.volume import VolumeGeometry
 
 
@@ -156,7 +156,7 @@ class ModulationField(nn.Module):
         return self.mlp(self.encoder(u))
 
 
-class ConditionedField(_BoxField):
+class ConditionedField(BoxField):
     """mu(p) = backbone(unit(p), modulation(unit(p))) on one scan's box (world mm zyx -> 1/mm).
 
     ``backbone`` may be a :class:`Backbone` or a wrapper that forwards ``(u, film)`` to one

@@ -1,1 +1,1 @@
-"""Fitting fields to scans: per-scan NAF fitting (and, later, conditioned fields)."""
+"""Fitting fields to scans: per-scan NAF and CondCBNT test-time fitting, CondCBNT pretraining."""

@@ -22,7 +22,7 @@ from nfrecon.configio import to_dict
 from nfrecon.data.scan import Scan
 from nfrecon.data.volumes import resample
 from nfrecon.errors import InputError
-from nfrecon.fields.naf import evaluate_grid
+from nfrecon.fields.base import evaluate_grid
 from nfrecon.fit.checkpoint import config_mismatches, load_checkpoint, save_checkpoint
 from nfrecon.fit.config import FitConfig, SamplingConfig
 from nfrecon.fit.stopping import EarlyStopper, split_views

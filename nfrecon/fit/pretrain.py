@@ -85,7 +85,7 @@ from nfrecon.data.scan import Scan
 from nfrecon.data.volumes import resample
 from nfrecon.errors import InputError
 from nfrecon.fields.conditioned import Backbone, ConditionedField, ModulationField
-from nfrecon.fields.naf import evaluate_grid
+from nfrecon.fields.base import evaluate_grid
 from nfrecon.fit.checkpoint import config_mismatches, load_checkpoint, save_checkpoint
 from nfrecon.fit.config import PretrainConfig
 from nfrecon.fit.distributed import Dist, init_distributed

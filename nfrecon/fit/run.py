@@ -192,8 +192,12 @@ def prepare_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
         raise InputError(f"{out}: holds a run already (checkpoint.pt); use --resume to continue it or --overwrite to start over")
 
 
-def run_fit(cfg: FitConfig, resume: bool = False, overwrite: bool = False) -> tuple[FitResult, Scan]:
-    """Fit the field of ``cfg`` to its scan; outputs land in ``cfg.out``."""
+def run_fit(cfg: FitConfig, resume: bool = False, overwrite: bool = False, on_step=None) -> tuple[FitResult, Scan]:
+    """Fit the field of ``cfg`` to its scan; outputs land in ``cfg.out``.
+
+    ``on_step(run)`` is called after every step with the :class:`FitRun` (e.g. to record
+    quality over time in benchmarks).
+    """
     if cfg.steps < 1:
         raise InputError(f"--steps must be >= 1, got {cfg.steps}")
     if cfg.method == "condcbnt" and cfg.backbone is None:
@@ -212,4 +216,4 @@ def run_fit(cfg: FitConfig, resume: bool = False, overwrite: bool = False) -> tu
     run = FitRun(model, scan, cfg, device, param_groups=groups)
     out.mkdir(parents=True, exist_ok=True)
     dump_yaml(cfg, out / "config.yaml")
-    return run.run(resume=resume), scan
+    return run.run(resume=resume, on_step=on_step), scan
