@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from nfrecon.errors import InputError
 from nfrecon.geometry.cone import ConeGeometry
-from nfrecon.geometry.rays import fixed_step_samples, geometry_tensors, pixel_rays, ray_box
+from nfrecon.geometry.rays import geometry_tensors, pixel_rays, ray_box
 from nfrecon.geometry.volume import VolumeGeometry
 
 _BILINEAR, _BORDER = 0, 1  # grid_sampler enum values: interpolation and padding modes
@@ -95,7 +95,7 @@ class VoxelProjector:
         self._check_volume(volume)
         flat_index = flat_index.to(volume.device)
         step = self.rays_per_chunk
-        chunks = ((a, *self._chunk(flat_index[a : a + step], volume.dtype)) for a in range(0, flat_index.shape[0], step))
+        chunks = ((a, self._chunk(flat_index[a : a + step], volume.dtype)) for a in range(0, flat_index.shape[0], step))
         return self._integrate(volume, chunks, flat_index.shape[0])
 
     # ------------------------------------------------------------------ internals
@@ -109,8 +109,8 @@ class VoxelProjector:
             self._tensors[device] = geometry_tensors(self.geom, device)
         return self._tensors[device]
 
-    def _chunk(self, flat_index: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """grid_sample coordinates (R, N, 3) in (x, y, z) order on [-1, 1] and weights (R, N).
+    def _chunk(self, flat_index: torch.Tensor, dtype) -> "_Chunk":
+        """The samples of the rays ``flat_index``, packed (no padding past a ray's exit).
 
         Rays and box intersections are computed in float64; the per-sample arithmetic runs
         in ``dtype`` on box-normalised origins and directions.
@@ -118,13 +118,19 @@ class VoxelProjector:
         device = flat_index.device
         o, d = pixel_rays(self.geom, flat_index, self._geometry(device), dtype=torch.float64)
         t_near, t_far = ray_box(o, d, self._box_lo, self._box_lo + self._box_size)
-        t, dt, valid = fixed_step_samples(t_near.to(dtype), t_far.to(dtype), self.step)
+        length = (t_far - t_near).clamp(min=0.0)
+        count = torch.ceil(length / self.step).long()
+        dt = (length / count.clamp(min=1)).to(dtype)
+        ray = torch.repeat_interleave(torch.arange(len(count), device=device), count)
+        first = torch.cumsum(count, 0) - count
+        k = (torch.arange(len(ray), device=device) - first[ray]).to(dtype)
         lo = torch.as_tensor(self._box_lo, dtype=torch.float64, device=device)
         scale = 2.0 / torch.as_tensor(self._box_size, dtype=torch.float64, device=device)
         o_unit = ((o - lo) * scale - 1).flip(-1).to(dtype)
         d_unit = (d * scale).flip(-1).to(dtype)
-        grid = torch.addcmul(o_unit[:, None, :], t[..., None], d_unit[:, None, :])
-        return grid, dt * valid
+        t = t_near.to(dtype)[ray] + (k + 0.5) * dt[ray]
+        grid = torch.addcmul(o_unit[ray], t[:, None], d_unit[ray])
+        return _Chunk(len(count), ray, grid, dt[ray], _batches(device))
 
     def _ray_chunks(self, device):
         n = self.geom.n_rays
@@ -132,25 +138,25 @@ class VoxelProjector:
             yield a, torch.arange(a, min(a + self.rays_per_chunk, n), device=device)
 
     def _samples(self, device, dtype):
-        """(first ray, grid, weight) of every chunk of the whole stack; cached within ``cache_bytes``."""
+        """(first ray, chunk) for the whole stack; cached when all chunks fit in ``cache_bytes``."""
         key = (torch.device(device), dtype)
         if key in self._cache:
             yield from self._cache[key]
             return
         kept, size = [], 0
         for a, idx in self._ray_chunks(device):
-            grid, weight = self._chunk(idx, dtype)
-            size += (grid.numel() + weight.numel()) * grid.element_size()
+            chunk = self._chunk(idx, dtype)
+            size += chunk.nbytes
             if size <= self.cache_bytes:
-                kept.append((a, grid, weight))
-            yield a, grid, weight
+                kept.append((a, chunk))
+            yield a, chunk
         if size <= self.cache_bytes:
             self._cache[key] = kept
 
     def _integrate(self, volume: torch.Tensor, chunks, n: int) -> torch.Tensor:
-        out = torch.empty(n, dtype=volume.dtype, device=volume.device)
-        for a, grid, weight in chunks:
-            out[a : a + grid.shape[0]] = (_sample(volume, grid) * weight).sum(1)
+        out = torch.zeros(n, dtype=volume.dtype, device=volume.device)
+        for a, chunk in chunks:
+            out[a : a + chunk.n_rays] = chunk.integrate(volume)
         return out
 
     def _forward(self, volume: torch.Tensor) -> torch.Tensor:
@@ -159,21 +165,54 @@ class VoxelProjector:
 
     def _adjoint(self, proj: torch.Tensor) -> torch.Tensor:
         flat = proj.reshape(-1)
-        shape5 = (1, 1, *self.vol_geom.shape)
-        acc = torch.zeros(shape5, dtype=proj.dtype, device=proj.device)
-        for a, grid, weight in self._samples(proj.device, proj.dtype):
-            g = (flat[a : a + grid.shape[0], None] * weight)[None, None, None]
-            grad_in, _ = torch.ops.aten.grid_sampler_3d_backward(
-                g.contiguous(), acc, grid[None, None].contiguous(), _BILINEAR, _BORDER, False, [True, False]
-            )
-            acc += grad_in
-        return acc[0, 0]
+        acc = torch.zeros(self.vol_geom.shape, dtype=proj.dtype, device=proj.device)
+        for a, chunk in self._samples(proj.device, proj.dtype):
+            chunk.spread(flat[a : a + chunk.n_rays], acc)
+        return acc
 
 
-def _sample(volume: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    """Trilinear samples (R, N) of ``volume`` at grid_sample coordinates (R, N, 3)."""
-    out = F.grid_sample(volume[None, None], grid[None, None], mode="bilinear", padding_mode="border", align_corners=False)
-    return out[0, 0, 0]
+def _batches(device: torch.device) -> int:
+    """grid_sample parallelises over its batch dimension on the CPU: one batch per thread."""
+    return 1 if device.type == "cuda" else max(1, torch.get_num_threads())
+
+
+class _Chunk:
+    """Packed samples of a run of rays: sample ``s`` lies on local ray ``ray[s]`` at grid
+    position ``grid[s]`` (grid_sample's [-1, 1], x, y, z) with bin length ``weight[s]`` mm.
+
+    The samples are split into ``batches`` equal parts (zero-weight padding at the end) that
+    grid_sample processes in parallel.
+    """
+
+    def __init__(self, n_rays: int, ray: torch.Tensor, grid: torch.Tensor, weight: torch.Tensor, batches: int):
+        self.n_rays = n_rays
+        self.n_samples = len(ray)
+        per = -(-max(self.n_samples, 1) // batches)
+        self.pad = per * batches - self.n_samples
+        self.batches = batches
+        self.ray = ray
+        self.weight = weight
+        self.grid = F.pad(grid, (0, 0, 0, self.pad)).reshape(batches, 1, 1, per, 3)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.ray, self.grid, self.weight))
+
+    def integrate(self, volume: torch.Tensor) -> torch.Tensor:
+        """Line integrals (n_rays,) of ``volume``."""
+        vol = volume[None, None].expand(self.batches, -1, -1, -1, -1)
+        values = F.grid_sample(vol, self.grid, mode="bilinear", padding_mode="border", align_corners=False)
+        values = values.reshape(-1)[: self.n_samples] * self.weight
+        return torch.zeros(self.n_rays, dtype=volume.dtype, device=volume.device).index_add_(0, self.ray, values)
+
+    def spread(self, values: torch.Tensor, acc: torch.Tensor) -> None:
+        """acc += the transpose of :meth:`integrate` applied to ``values`` (n_rays,)."""
+        g = F.pad(values[self.ray] * self.weight, (0, self.pad)).reshape(self.batches, 1, 1, 1, -1)
+        like = acc[None, None].expand(self.batches, -1, -1, -1, -1)
+        grad, _ = torch.ops.aten.grid_sampler_3d_backward(
+            g, like, self.grid, _BILINEAR, _BORDER, False, [True, False]
+        )
+        acc += grad.sum(0)[0]
 
 
 class _Project(torch.autograd.Function):
