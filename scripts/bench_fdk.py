@@ -78,7 +78,8 @@ def main() -> int:
             sub = geom[idx]
             for noise, proj in (("noisy", noisy), ("clean", scan.clean)):
                 p = np.ascontiguousarray(proj[idx])
-                ours, t_ours = timed(lambda: fdk(torch.from_numpy(p), sub, grid, filter=args.filter).numpy())
+                ours, t_ours = timed(fdk, torch.from_numpy(p), sub, grid, filter=args.filter)
+                ours = ours.numpy()
                 ref, t_rtk = timed(rtk_fdk, p, sub, grid, hann=hann, parker=True)
                 rng = float(gt.max())
                 row = {

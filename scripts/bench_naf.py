@@ -28,7 +28,6 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from nfrecon.cli.fit import base_config

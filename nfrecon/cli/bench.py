@@ -7,7 +7,8 @@ import shlex
 from nfrecon.bench.config import BenchConfig
 from nfrecon.bench.runner import FitSetup, plan, run_bench
 from nfrecon.cli.common import parse
-from nfrecon.cli.fit import _preset_name, base_config
+from nfrecon.cli import presets
+from nfrecon.cli.fit import base_config
 from nfrecon.errors import InputError
 
 DESCRIPTION = """Benchmark every method on the same simulated scans. For each CT volume (default: the
@@ -33,7 +34,7 @@ def fit_setups(cfg: BenchConfig) -> dict[str, FitSetup]:
             config = base_config(preset, None, cfg.device, method, cfg.backbone if method == "condcbnt" else None)
         except InputError as exc:
             raise InputError(f"{option}: {exc}") from exc
-        setups[method] = FitSetup(_preset_name(preset, cfg.device, method) or "none", config)
+        setups[method] = FitSetup(presets.resolve(preset, cfg.device, method) or "none", config)
     return setups
 
 

@@ -1,4 +1,4 @@
-"""``nfrecon fit``: per-scan fitting of a neural field (NAF, or CondCBNT over a pretrained backbone), with presets."""
+"""``nfrecon fit``: per-scan fitting of a neural field (NAF, or CondCBNT over a pretrained backbone)."""
 
 from __future__ import annotations
 
@@ -6,17 +6,14 @@ import argparse
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
-import torch
 
+from nfrecon.cli import presets
 from nfrecon.cli.common import parse
+from nfrecon.cli.presets import RunOptions
 from nfrecon.configio import load_yaml, merge, to_dict
-from nfrecon.errors import InputError
 from nfrecon.fit.config import FitConfig
 from nfrecon.fit.run import read_backbone, run_fit
-
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 DESCRIPTION = """Fit a neural attenuation field to a scan by differentiable ray marching, then export
 <out>/volume.nii.gz, preview.png, metrics.json (held-out projection error; PSNR/SSIM when the
@@ -32,31 +29,9 @@ Presets (configs/*.yaml): naf (published NAF), naf-fast (CPU-sized), condcbnt (p
 CondCBNT), condcbnt-fast (CPU-sized), auto (naf or condcbnt on CUDA, the -fast one on CPU)."""
 
 
-def presets() -> list[str]:
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-
-
 @dataclass
-class FitArgs(FitConfig):
+class FitArgs(RunOptions, FitConfig):
     """Per-scan fitting of a neural field (NAF, or CondCBNT with a pretrained backbone)."""
-
-    preset: str = "auto"
-    """Preset from configs/ (see above), or 'none' for the built-in defaults."""
-    config: Optional[Path] = None
-    """YAML config (e.g. an earlier run's config.yaml) applied over the preset."""
-    resume: bool = False
-    """Continue the run in --out from its checkpoint (bit for bit)."""
-    overwrite: bool = False
-    """Start over in an --out that holds an earlier run."""
-
-
-def _preset_name(name: str, device: str, method: str = "naf") -> str | None:
-    if name == "none":
-        return None
-    if name == "auto":
-        cuda = torch.cuda.is_available() and device != "cpu"
-        return method + ("" if cuda else "-fast")
-    return name
 
 
 def base_config(preset: str, config: Path | None, device: str = "auto", method: str | None = None,
@@ -65,14 +40,11 @@ def base_config(preset: str, config: Path | None, device: str = "auto", method: 
     YAML config. ``method``/``backbone``: the command-line values, if given."""
     cfg = FitConfig()
     extra = load_yaml(config) if config is not None else {}
-    name = _preset_name(preset, device, method or extra.get("method") or "naf")
+    name = presets.resolve(preset, device, method or extra.get("method") or "naf")
     if name is not None:
-        path = CONFIG_DIR / f"{name}.yaml"
-        if not path.is_file():
-            raise InputError(f"--preset: unknown preset {name!r}; known: auto, none, {', '.join(presets())}")
-        data = load_yaml(path)
+        data = presets.load(name)
         data.pop("pretrain", None)  # read by 'nfrecon pretrain' only
-        cfg = merge(cfg, data, str(path))
+        cfg = merge(cfg, data, str(presets.CONFIG_DIR / f"{name}.yaml"))
     backbone = backbone or extra.get("backbone") or cfg.backbone
     if (method or extra.get("method") or cfg.method) == "condcbnt" and backbone is not None:
         file = read_backbone(backbone)
@@ -99,7 +71,7 @@ def main(argv: list[str], prog: str) -> int:
     default = FitArgs(**_fields(base), preset=known.preset, config=known.config)
     args = parse(FitArgs, argv, prog, DESCRIPTION, default=default)
     cfg = FitConfig(**_fields(args))
-    name = _preset_name(args.preset, cfg.device, cfg.method)
+    name = presets.resolve(args.preset, cfg.device, cfg.method)
     model = f"backbone {cfg.backbone}, " if cfg.method == "condcbnt" else ""
     print(f"fit: {cfg.method}, preset {name or 'none'}, {model}{cfg.steps} steps, {cfg.sampling.rays_per_step} rays x "
           f"{cfg.sampling.n_samples} samples per step, scan {cfg.scan or 'built-in phantom'}, out {cfg.out}")

@@ -8,12 +8,11 @@ import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
-import torch
 
 from nfrecon.cli.common import parse
-from nfrecon.cli.fit import CONFIG_DIR, presets
+from nfrecon.cli import presets
+from nfrecon.cli.presets import RunOptions
 from nfrecon.configio import load_yaml, merge
 from nfrecon.errors import InputError
 from nfrecon.fit.config import PretrainConfig
@@ -39,37 +38,18 @@ condcbnt-fast on CPU)."""
 
 
 @dataclass
-class PretrainArgs(PretrainConfig):
+class PretrainArgs(RunOptions, PretrainConfig):
     """Pretraining of a CondCBNT backbone and per-scan modulation fields."""
 
-    preset: str = "auto"
-    """Preset from configs/ (see above), or 'none' for the built-in defaults."""
-    config: Optional[Path] = None
-    """YAML config (e.g. an earlier run's config.yaml) applied over the preset."""
-    resume: bool = False
-    """Continue the run in --out from its checkpoint."""
-    overwrite: bool = False
-    """Start over in an --out that holds an earlier run."""
     nproc: int = 0
     """Start this many processes on this machine through torchrun (0: run in this process, or
     as one rank of the torchrun job that started it)."""
 
 
-def _preset_name(name: str, device: str) -> str | None:
-    if name == "none":
-        return None
-    if name == "auto":
-        return "condcbnt" if torch.cuda.is_available() and device != "cpu" else "condcbnt-fast"
-    return name
-
-
 def preset_overrides(name: str) -> dict:
     """The pretraining settings of preset ``name``: model and sampling from its fit sections,
     then its ``pretrain`` section."""
-    path = CONFIG_DIR / f"{name}.yaml"
-    if not path.is_file():
-        raise InputError(f"--preset: unknown preset {name!r}; known: auto, none, {', '.join(presets())}")
-    data = load_yaml(path)
+    data = presets.load(name)
     cc = data.get("condcbnt", {})
     out = {"model": {k: cc[k] for k in ("backbone", "modulation") if k in cc}}
     if "sampling" in data:
@@ -81,9 +61,9 @@ def preset_overrides(name: str) -> dict:
 
 def base_config(preset: str, config: Path | None, device: str = "auto") -> PretrainConfig:
     cfg = PretrainConfig()
-    name = _preset_name(preset, device)
+    name = presets.resolve(preset, device, "condcbnt")
     if name is not None:
-        cfg = merge(cfg, preset_overrides(name), str(CONFIG_DIR / f"{name}.yaml"))
+        cfg = merge(cfg, preset_overrides(name), str(presets.CONFIG_DIR / f"{name}.yaml"))
     if config is not None:
         cfg = merge(cfg, load_yaml(config), str(config))
     return cfg
@@ -123,7 +103,8 @@ def main(argv: list[str], prog: str) -> int:
     main_rank = int(os.environ.get("RANK", "0")) == 0
     if main_rank:
         where = f"{os.environ['WORLD_SIZE']} processes" if launched_by_torchrun() else "1 process"
-        print(f"pretrain: preset {_preset_name(args.preset, cfg.device) or 'none'}, {cfg.steps} steps on {cfg.data}, "
+        name = presets.resolve(args.preset, cfg.device, "condcbnt") or "none"
+        print(f"pretrain: preset {name}, {cfg.steps} steps on {cfg.data}, "
               f"{where}, out {cfg.out}", flush=True)
     result = run_pretrain(cfg, resume=args.resume, overwrite=args.overwrite)
     if main_rank:
