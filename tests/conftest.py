@@ -48,3 +48,16 @@ def cuda_device():
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     return torch.device("cuda")
+
+
+@pytest.fixture
+def cli(capsys):
+    """``cli(*argv)`` runs ``nfrecon ARGV`` in this process: (exit code, stdout, stderr)."""
+    from nfrecon.cli import main
+
+    def run(*argv):
+        code = main(list(map(str, argv)))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

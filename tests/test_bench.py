@@ -44,13 +44,13 @@ def _write_backbone(path) -> None:
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
-    """fdk, iterative, naf and (with --backbone, by default) condcbnt on one tiny scan."""
+    """fdk, iterative, naf and (with --backbone, by default) condcbnt on one tiny scan, two at a time."""
     d = tmp_path_factory.mktemp("bench")
     _write_ct(d / "blob.npz")
     _write_backbone(d / "backbone.pt")
     argv = ["bench", "--ct", str(d / "blob.npz"), "--size", "16", "--views", "8", "--noise", "noisy",
             "--steps", str(STEPS), "--curve-points", "4", "--iterative-iters", "15", "--threads", "1", "--device", "cpu",
-            "--backbone", str(d / "backbone.pt"), "--out", str(d / "out")]
+            "--backbone", str(d / "backbone.pt"), "--jobs", "2", "--out", str(d / "out")]
     assert main(argv) == 0
     return d / "out"
 
@@ -113,8 +113,8 @@ def test_markdown_holds_the_published_numbers_beside_ours(bench):
     for psnr, ssim, _ in PUBLISHED.values():
         assert f"| {psnr:.2f} | {ssim:.2f} |" in text
     assert "(published)" in text and "(measured)" in text and "scaled to 16^3" in text
-    assert "NAF: preset naf-fast, at most 12 steps" in text  # auto on the CPU
-    assert "CondCBNT: preset condcbnt-fast, at most 12 steps, backbone" in text
+    assert "NAF: preset naf-fast, 12 steps (automatic stopping on)" in text  # auto on the CPU
+    assert "CondCBNT: preset condcbnt-fast, 12 steps (automatic stopping on), backbone" in text
     doc = json.loads((bench / "results.json").read_text())
     fdk = next(r for r in doc["results"] if r["method"] == "fdk")
     assert f"| FDK | 8 | noisy | {fdk['metrics']['psnr_db']:.2f} |" in text
@@ -147,6 +147,7 @@ def test_summary_mean_and_sample_std_over_volumes():
         (["--ct", "{d}/ok.npz", "--naf-preset", "nope"], "--naf-preset"),
         (["--ct", "{d}/ok.npz", "--size", "4"], "--size"),
         (["--ct", "{d}/ok.npz", "--skip", "iterative:60"], "--skip"),
+        (["--ct", "{d}/ok.npz", "--jobs", "2", "--no-isolate"], "--jobs"),
     ],
 )
 def test_bad_input_one_line_error_exit_2_no_output(tmp_path, capsys, argv, message):

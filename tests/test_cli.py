@@ -10,11 +10,6 @@ import pytest
 from nfrecon.cli import main
 
 
-def run(capsys, *argv):
-    code = main(list(map(str, argv)))
-    out, err = capsys.readouterr()
-    return code, out, err
-
 
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory):
@@ -25,29 +20,29 @@ def sim(tmp_path_factory):
     return d
 
 
-def test_simulate_info_fdk_eval_pipeline(sim, capsys):
+def test_simulate_info_fdk_eval_pipeline(sim, cli):
     assert (sim / "scan.h5").is_file() and (sim / "scan_gt.nii.gz").is_file()
-    code, out, _ = run(capsys, "info", sim / "scan.h5")
+    code, out, _ = cli("info", sim / "scan.h5")
     assert code == 0 and "10 views" in out and "100000 photons" in out and "ground truth" in out
-    code, out, _ = run(capsys, "fdk", "--scan", sim / "scan.h5", "--out", sim / "fdk", "--filter", "hann")
+    code, out, _ = cli("fdk", "--scan", sim / "scan.h5", "--out", sim / "fdk", "--filter", "hann")
     assert code == 0 and "PSNR" in out
     for name in ("volume.nii.gz", "preview.png", "metrics.json", "config.yaml"):
         assert (sim / "fdk" / name).is_file()
     metrics = json.loads((sim / "fdk" / "metrics.json").read_text())
-    code, out, _ = run(capsys, "eval", "--recon", sim / "fdk" / "volume.nii.gz", "--gt", sim / "scan_gt.nii.gz")
+    code, out, _ = cli("eval", "--recon", sim / "fdk" / "volume.nii.gz", "--gt", sim / "scan_gt.nii.gz")
     assert code == 0
     evaluated = json.loads(out)
     assert evaluated["psnr_db"] == pytest.approx(metrics["vs_ground_truth"]["psnr_db"], abs=1e-4)
     assert "definitions" in evaluated
-    code, out, _ = run(capsys, "info", sim / "fdk" / "volume.nii.gz")
+    code, out, _ = cli("info", sim / "fdk" / "volume.nii.gz")
     assert code == 0 and "16x16x16" in out
 
 
-def test_fdk_hu_export_is_int16_without_scaling(sim, capsys):
+def test_fdk_hu_export_is_int16_without_scaling(sim, cli):
     import nibabel as nib
 
     for out, extra in (("fdk_mu", []), ("fdk_hu", ["--hu", "--mu-water", "0.02"])):
-        code, _, _ = run(capsys, "fdk", "--scan", sim / "scan.h5", "--out", sim / out, *extra)
+        code, _, _ = cli("fdk", "--scan", sim / "scan.h5", "--out", sim / out, *extra)
         assert code == 0
     mu_img, hu_img = nib.load(sim / "fdk_mu" / "volume.nii.gz"), nib.load(sim / "fdk_hu" / "volume.nii.gz")
     assert mu_img.get_data_dtype() == np.float32 and hu_img.get_data_dtype() == np.int16
@@ -70,18 +65,18 @@ def test_fdk_hu_export_is_int16_without_scaling(sim, capsys):
         (["eval", "--recon", "{d}/missing.nii.gz", "--gt", "{d}/missing.nii.gz"], "missing.nii.gz"),
     ],
 )
-def test_bad_input_one_line_error_exit_2_no_output(tmp_path, capsys, argv, message):
+def test_bad_input_one_line_error_exit_2_no_output(tmp_path, cli, argv, message):
     (tmp_path / "text.h5").write_text("this is not HDF5\n")
     before = sorted(p.name for p in tmp_path.iterdir())
-    code, out, err = run(capsys, *(a.format(d=tmp_path) for a in argv))
+    code, out, err = cli(*(a.format(d=tmp_path) for a in argv))
     assert code == 2
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and message in lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
 
 
-def test_help_reads_well(capsys):
-    code, out, _ = run(capsys, "--help")
+def test_help_reads_well(cli, capsys):
+    code, out, _ = cli("--help")
     assert code == 0 and all(c in out for c in ("simulate", "fdk", "fit", "eval", "info"))
     for command, phrase in [("simulate", "--protocol"), ("fdk", "--filter"), ("fit", "--sampling.n-samples"),
                             ("eval", "--data-range"), ("info", "PATH")]:

@@ -59,6 +59,21 @@ def test_naf_maps_the_box_to_the_unit_cube():
     assert "mu_max" in field.state_dict()
 
 
+def test_start_near_sets_the_level_of_a_flat_field():
+    """With the last layer's weights at zero, start_near(mu0) makes the field exactly mu0 (the
+    sigmoid's inverse, computed independently here); mu0 out of range is clamped inside it."""
+    field = NAFField(SMALL, VG, 0.04)
+    with torch.no_grad():
+        field.mlp.layers[-1].weight.zero_()
+    pts = torch.randn(50, 3) * 20
+    for mu0, expect in ((0.002, 0.002), (0.03, 0.03), (0.0, 0.04 * 1e-4), (1.0, 0.04 * (1 - 1e-4))):
+        field.start_near(mu0)
+        torch.testing.assert_close(field(pts), torch.full((50,), expect), rtol=1e-5, atol=0)
+    linear = NAFField(NAFFieldConfig(encoder=SMALL.encoder, mlp=MLPConfig(out_activation="none")), VG, 0.04)
+    with pytest.raises(InputError, match="sigmoid"):
+        linear.start_near(0.01)
+
+
 def _hidden(mlp: MLP, x: torch.Tensor) -> torch.Tensor:
     """The last hidden activation of an NAF-shaped MLP, written out by hand (skip before layer 2)."""
     a = torch.nn.functional.leaky_relu

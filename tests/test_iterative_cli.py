@@ -17,11 +17,6 @@ from nfrecon.geometry.volume import VolumeGeometry
 from nfrecon.ops.projector import VoxelProjector
 
 
-def run(capsys, *argv):
-    code = main(list(map(str, argv)))
-    out, err = capsys.readouterr()
-    return code, out, err
-
 
 @pytest.fixture(scope="module")
 def scan_dir(tmp_path_factory):
@@ -36,9 +31,9 @@ def _nifti_zyx(path) -> np.ndarray:
 
 
 @pytest.mark.parametrize("method", ["cgls", "sirt", "os-sart", "tv"])
-def test_every_method_writes_the_fdk_outputs_with_its_history(scan_dir, capsys, method):
+def test_every_method_writes_the_fdk_outputs_with_its_history(scan_dir, cli, method):
     out = scan_dir / method
-    code, text, _ = run(capsys, "iterative", "--scan", scan_dir / "scan.h5", "--out", out, "--method", method,
+    code, text, _ = cli("iterative", "--scan", scan_dir / "scan.h5", "--out", out, "--method", method,
                         "--iters", 4, "--subsets", 3)
     assert code == 0 and "PSNR" in text
     for name in ("volume.nii.gz", "preview.png", "metrics.json", "config.yaml"):
@@ -60,10 +55,10 @@ def test_every_method_writes_the_fdk_outputs_with_its_history(scan_dir, capsys, 
     assert config["method"] == method and config["iters"] == 4
 
 
-def test_tv_reports_its_weight_and_beats_the_noise_of_cgls(scan_dir, capsys):
+def test_tv_reports_its_weight_and_beats_the_noise_of_cgls(scan_dir, cli):
     """At 12 noisy views TV's PSNR is above the unregularised least-squares solution's."""
     for method, extra in (("cgls", ["--iters", 30]), ("tv", ["--lam", "3e-4"])):
-        code, _, _ = run(capsys, "iterative", "--scan", scan_dir / "scan.h5", "--out", scan_dir / f"cmp-{method}",
+        code, _, _ = cli("iterative", "--scan", scan_dir / "scan.h5", "--out", scan_dir / f"cmp-{method}",
                          "--method", method, *extra)
         assert code == 0
     tv = json.loads((scan_dir / "cmp-tv" / "metrics.json").read_text())
@@ -113,11 +108,11 @@ def test_tv_scale_parts_against_analytic_chords_and_its_invariances():
         (["--scan", "{s}", "--device", "nope"], "--device"),
     ],
 )
-def test_bad_input_one_line_error_exit_2_no_output(scan_dir, tmp_path, capsys, argv, message):
+def test_bad_input_one_line_error_exit_2_no_output(scan_dir, tmp_path, cli, argv, message):
     (tmp_path / "text.h5").write_text("this is not HDF5\n")
     before = sorted(p.name for p in tmp_path.iterdir())
     args = [a.format(d=tmp_path, s=scan_dir / "scan.h5") for a in argv]
-    code, _, err = run(capsys, "iterative", *args, "--out", tmp_path / "out")
+    code, _, err = cli("iterative", *args, "--out", tmp_path / "out")
     assert code == 2
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and message in lines[0]

@@ -15,12 +15,6 @@ from nfrecon.geometry.protocols import Protocol
 TINY = ["--count", "3", "--protocol", "small", "--size", "16", "--views", "8"]
 
 
-def run(capsys, *argv):
-    code = main(["make-dataset", *map(str, argv)])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     d = tmp_path_factory.mktemp("make_dataset") / "set"
@@ -52,9 +46,9 @@ def test_tiny_dataset_is_listed_loadable_and_rebuildable_from_its_index(dataset)
     assert not np.array_equal(gts[0], gts[1])  # different patients
 
 
-def test_same_options_reproduce_identical_scans(dataset, tmp_path, capsys):
-    assert run(capsys, "--out", tmp_path / "again", *TINY, "--seed", "5")[0] == 0
-    assert run(capsys, "--out", tmp_path / "other", *TINY, "--seed", "6", "--count", "1")[0] == 0
+def test_same_options_reproduce_identical_scans(dataset, tmp_path, cli):
+    assert cli("make-dataset", "--out", tmp_path / "again", *TINY, "--seed", "5")[0] == 0
+    assert cli("make-dataset", "--out", tmp_path / "other", *TINY, "--seed", "6", "--count", "1")[0] == 0
     for name in ("scan_0000.h5", "scan_0002.h5"):
         first, again = load_scan(dataset / name), load_scan(tmp_path / "again" / name)
         assert np.array_equal(first.projections, again.projections)
@@ -63,18 +57,18 @@ def test_same_options_reproduce_identical_scans(dataset, tmp_path, capsys):
     assert not np.array_equal(load_scan(dataset / "scan_0000.h5").projections, other.projections)
 
 
-def test_existing_dataset_needs_overwrite_which_drops_stale_scans(tmp_path, capsys):
+def test_existing_dataset_needs_overwrite_which_drops_stale_scans(tmp_path, cli):
     out = tmp_path / "set"
     common = ["--protocol", "small", "--size", "8", "--views", "4", "--noiseless"]
-    assert run(capsys, "--out", out, "--count", "2", *common)[0] == 0
-    code, _, err = run(capsys, "--out", out, "--count", "1", *common)
+    assert cli("make-dataset", "--out", out, "--count", "2", *common)[0] == 0
+    code, _, err = cli("make-dataset", "--out", out, "--count", "1", *common)
     assert code == 2 and "already holds a dataset" in err and "--overwrite" in err
-    assert run(capsys, "--out", out, "--count", "1", "--overwrite", *common)[0] == 0
+    assert cli("make-dataset", "--out", out, "--count", "1", "--overwrite", *common)[0] == 0
     assert sorted(p.name for p in out.iterdir()) == ["dataset.json", "scan_0000.h5"]
     index = json.loads((out / "dataset.json").read_text())
     assert index["noise"]["photons"] is None and load_scan(out / "scan_0000.h5").photons is None
     (tmp_path / "patient.yaml").write_text("lung_nodules: [0, 0]\nbody_aspect: [0.7, 0.7]\n")
-    assert run(capsys, "--out", out, "--count", "1", "--overwrite", "--patient-config", tmp_path / "patient.yaml",
+    assert cli("make-dataset", "--out", out, "--count", "1", "--overwrite", "--patient-config", tmp_path / "patient.yaml",
                "--table", *common)[0] == 0
     used = json.loads((out / "dataset.json").read_text())["procedural"]
     assert used["lung_nodules"] == [0, 0] and used["body_aspect"] == [0.7, 0.7] and used["table"] is True
@@ -82,9 +76,9 @@ def test_existing_dataset_needs_overwrite_which_drops_stale_scans(tmp_path, caps
 
 
 @pytest.mark.data
-def test_mixed_alternates_procedural_and_augmented_ct(shared_data, tmp_path, capsys):
+def test_mixed_alternates_procedural_and_augmented_ct(shared_data, tmp_path, cli):
     ct = shared_data / "torso_ct_totalsegmentator_3mm.npz"
-    code, out, _ = run(capsys, "--out", tmp_path / "mixed", "--count", "3", "--source", "mixed", "--ct", ct,
+    code, out, _ = cli("make-dataset", "--out", tmp_path / "mixed", "--count", "3", "--source", "mixed", "--ct", ct,
                        "--protocol", "small", "--size", "16", "--views", "8")
     assert code == 0 and "3 scans" in out
     scans = json.loads((tmp_path / "mixed" / "dataset.json").read_text())["scans"]
@@ -104,11 +98,11 @@ def test_mixed_alternates_procedural_and_augmented_ct(shared_data, tmp_path, cap
     (["--ct", "{d}/text.npz"], "--ct"),
     (["--patient-config", "{d}/bad.yaml"], "bad.yaml"),
 ])
-def test_bad_input_one_line_error_exit_2_nothing_written(tmp_path, capsys, argv, message):
+def test_bad_input_one_line_error_exit_2_nothing_written(tmp_path, cli, argv, message):
     (tmp_path / "text.npz").write_text("not an npz archive\n")
     (tmp_path / "bad.yaml").write_text("lung_nodule: [0, 2]\n")  # misspelt field
     before = sorted(p.name for p in tmp_path.iterdir())
-    code, _, err = run(capsys, "--out", tmp_path / "out", "--size", "8", "--views", "4",
+    code, _, err = cli("make-dataset", "--out", tmp_path / "out", "--size", "8", "--views", "4",
                        *(a.format(d=tmp_path) for a in argv))
     assert code == 2
     lines = [line for line in err.splitlines() if line.startswith("error:")]

@@ -37,7 +37,8 @@ class BenchConfig:
     """METHOD:VIEWS pairs not to run, e.g. iterative:400 (the published table has no iterative
     result at 400 views, and TV there is the bench's slowest run on a CPU)."""
     steps: Optional[int] = None
-    """Cap on the steps of the neural fits (default: the presets' budgets)."""
+    """Step budget of every neural fit, so that they compare at equal budgets (default: each
+    preset's own budget; automatic stopping may end a fit earlier)."""
     naf_preset: str = "auto"
     """NAF preset from configs/ (auto: naf on CUDA, naf-fast on CPU)."""
     condcbnt_preset: str = "condcbnt-fast"
@@ -62,5 +63,8 @@ class BenchConfig:
     """torch threads per method (default: torch's choice)."""
     isolate: bool = True
     """Run each method in a fresh Python process, so that its peak memory (RSS) is its own."""
+    jobs: int = 1
+    """Methods run at the same time, each in its own process (needs isolate). On a CPU, give
+    each --threads cores/jobs; the seconds per volume then include any contention between them."""
     keep_scans: bool = False
     """Keep the simulated scans (HDF5) in <out>/scans."""

@@ -104,9 +104,10 @@ def _run_iterative(scan: Scan, job: dict, device: torch.device) -> dict:
 
 def fit_config(job: dict) -> FitConfig:
     """The job's FitConfig: its preset-resolved ``fit`` dict, with the bench's scan, folder,
-    seed, step cap, and no TensorBoard, progress bar, intermediate previews or checkpoints."""
+    seed, step budget (when given, the same for every neural method), and no TensorBoard,
+    progress bar, intermediate previews or checkpoints."""
     cfg = from_dict(FitConfig, job["fit"], f"{job['method']} config")
-    steps = cfg.steps if job.get("steps") is None else min(cfg.steps, int(job["steps"]))
+    steps = cfg.steps if job.get("steps") is None else int(job["steps"])
     output = dataclasses.replace(cfg.output, tensorboard=False, progress=False, preview_every=0, checkpoint_every=0)
     return dataclasses.replace(cfg, scan=Path(job["scan"]), out=Path(job["out"]), method=job["method"],
                                device=job["device"], seed=int(job["seed"]), steps=steps, output=output)

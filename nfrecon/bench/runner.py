@@ -24,6 +24,7 @@ import sys
 import time
 import warnings
 import zipfile
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,8 +144,10 @@ def plan(cfg: BenchConfig, fits: dict[str, FitSetup], command: str) -> Plan:
         raise InputError(f"--size: must be an integer >= 8 (the SSIM window is 7 voxels), got {cfg.size}")
     protocol = load_protocol(cfg.protocol, cfg.size)
     for name, value in (("steps", cfg.steps), ("curve-points", cfg.curve_points), ("threads", cfg.threads),
-                        ("iterative-iters", cfg.iterative_iters)):
+                        ("iterative-iters", cfg.iterative_iters), ("jobs", cfg.jobs)):
         _check_positive(value, name)
+    if cfg.jobs > 1 and not cfg.isolate:
+        raise InputError(f"--jobs {cfg.jobs}: methods run at the same time only in their own processes (drop --no-isolate)")
     if not cfg.views or len(set(cfg.views)) != len(cfg.views):
         raise InputError(f"--views: give one or more distinct numbers of views, got {list(cfg.views)}")
     for n in cfg.views:
@@ -235,6 +238,18 @@ def _run_isolated(job: dict, folder: Path) -> dict:
     return record
 
 
+def _run_record(plan: Plan, job: dict, run_dir: Path) -> dict:
+    """Run one job (in a fresh process unless --no-isolate); its record fields, status included."""
+    try:
+        if plan.cfg.isolate:
+            return {**_run_isolated(job, run_dir), "status": "ok"}
+        record = run_job(job)
+        record["memory"]["peak_rss_mb"] = None  # the process's peak is not the method's own
+        return {**record, "status": "ok"}
+    except (RuntimeError, InputError, OSError) as exc:
+        return {"status": "failed", "error": " ".join(str(exc).split())}
+
+
 def _summary_line(record: dict) -> str:
     head = f"{record['volume']} {record['views']}v {record['noise']} {record['method']}"
     if record["status"] != "ok":
@@ -261,7 +276,7 @@ def results_document(plan: Plan, volumes_info: list[dict], records: list[dict], 
         "settings": {
             "iterative": {"method": "tv", "iters": IterativeSettings("tv", cfg.iterative_iters).n_iter, "lam": cfg.lam},
             "neural": {m: {"preset": plan.fits[m].preset,
-                           "steps": min(plan.fits[m].config.steps, cfg.steps or plan.fits[m].config.steps),
+                           "steps": cfg.steps or plan.fits[m].config.steps,
                            "backbone": str(cfg.backbone) if m == "condcbnt" else None}
                        for m in plan.methods if m in ("naf", "condcbnt")},
             "skipped": sorted(f"{m}:{n}" for m, n in plan.skip),
@@ -291,6 +306,21 @@ def run_bench(plan: Plan) -> dict:
     print(f"bench: {len(plan.volumes)} volume(s) x {len(cfg.views) * len(cfg.noise)} condition(s) x "
           f"{len(plan.methods)} method(s){' less the skipped' if plan.skip else ''} = {total} runs; "
           f"{plan.protocol.describe()}", flush=True)
+    pool = ThreadPoolExecutor(max_workers=cfg.jobs)
+    pending: dict[Future, tuple[int, dict]] = {}
+    finished: dict[int, dict] = {}
+
+    def finish() -> None:
+        """Wait for the submitted jobs; record each as it ends (records keep the planned order)."""
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                index, record = pending.pop(future)
+                finished[index] = {**record, **future.result()}
+                records[:] = [finished[k] for k in sorted(finished)]
+                print(f"[{len(records)}/{total}] {_summary_line(finished[index])}", flush=True)
+                table.write_all(out, results_document(plan, volumes_info, records, started))
+
     for i, volume in enumerate(plan.volumes):
         t0 = time.perf_counter()
         scans, sim_warnings = simulate_conditions(plan, volume, cfg.seed + i)
@@ -308,18 +338,12 @@ def run_bench(plan: Plan) -> dict:
                 rel = Path("runs") / volume.name / f"{n}v-{noise}" / method
                 run_dir = out / rel
                 run_dir.mkdir(parents=True, exist_ok=True)
-                job = _job(plan, method, scan_path, run_dir)
                 record = {"volume": volume.name, "views": n, "noise": noise, "method": method,
                           "run_dir": str(rel), "volume_path": str(rel / "volume.nii.gz")}
-                try:
-                    record.update(_run_isolated(job, run_dir) if cfg.isolate else run_job(job), status="ok")
-                    if not cfg.isolate:  # the process's peak is not the method's own
-                        record["memory"]["peak_rss_mb"] = None
-                except (RuntimeError, InputError, OSError) as exc:
-                    record.update(status="failed", error=" ".join(str(exc).split()))
-                records.append(record)
-                print(f"[{len(records)}/{total}] {_summary_line(record)}", flush=True)
-                table.write_all(out, results_document(plan, volumes_info, records, started))
+                future = pool.submit(_run_record, plan, _job(plan, method, scan_path, run_dir), run_dir)
+                pending[future] = (len(finished) + len(pending), record)
+        finish()  # before the next volume's simulation, so that it does not slow these jobs
+    pool.shutdown()
     document = results_document(plan, volumes_info, records, started)
     table.write_all(out, document)
     figures.write_all(out, document)

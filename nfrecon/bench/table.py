@@ -147,7 +147,7 @@ def render_markdown(doc: dict) -> str:
     scale = (f"scaled to {size}^3 voxels of {p['voxel_size'][0]:g} mm and {p['det_shape'][0]}x{p['det_shape'][1]} "
              f"detector pixels of {p['pixel_size'][1]:g} mm (same field of view)" if size else "at full size")
     settings, d = doc["settings"], doc["definitions"]
-    neural = "; ".join(f"{LABELS.get(m, m)}: preset {s['preset']}, at most {s['steps']} steps"
+    neural = "; ".join(f"{LABELS.get(m, m)}: preset {s['preset']}, {s['steps']} steps (automatic stopping on)"
                        + (f", backbone {s['backbone']}" if s.get("backbone") else "")
                        for m, s in settings["neural"].items())
     it = settings["iterative"]

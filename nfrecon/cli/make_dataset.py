@@ -170,7 +170,7 @@ def main(argv: list[str], prog: str) -> int:
             p.unlink()
     elif stale:
         warnings.warn(f"{args.out}: {len(stale)} older scan file(s) ({stale[0].name}, ...) are not part of this "
-                      "dataset; remove them before pretraining on the folder")
+                      "dataset; remove them before pretraining on the folder", stacklevel=2)
     index = {
         "format": "nfrecon-dataset",
         "version": 1,
@@ -194,6 +194,6 @@ def main(argv: list[str], prog: str) -> int:
     if lost > 0:
         warnings.warn(f"parts of the objects lie outside the field of view (missed by some views): up to "
                       f"{100 * lost:.1f}% (mean {100 * float(np.mean(fov_losses)):.1f}%) of an object; the numbers "
-                      f"per scan are in {INDEX}")
+                      f"per scan are in {INDEX}", stacklevel=2)
     print(f"{args.count} scans in {args.out}/ ({protocol.describe()}); index: {args.out / INDEX}")
     return 0

@@ -34,12 +34,27 @@ def resolve(name: str, device: str, method: str) -> str | None:
     return name
 
 
-def load(name: str) -> dict:
-    """The YAML mapping of preset ``name``."""
+def _overlay(base: dict, data: dict) -> dict:
+    """``base`` with the keys of ``data`` replaced, recursing into mappings."""
+    out = dict(base)
+    for key, value in data.items():
+        out[key] = _overlay(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load(name: str, _chain: tuple[str, ...] = ()) -> dict:
+    """The YAML mapping of preset ``name``; a preset with ``extends: OTHER`` is OTHER's
+    mapping with its own keys laid over it."""
     path = CONFIG_DIR / f"{name}.yaml"
     if not path.is_file():
         raise InputError(f"--preset: unknown preset {name!r}; known: auto, none, {', '.join(names())}")
-    return load_yaml(path)
+    data = load_yaml(path)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if parent in (*_chain, name):
+        raise InputError(f"{path}: 'extends: {parent}' makes a cycle ({' -> '.join((*_chain, name, parent))})")
+    return _overlay(load(str(parent), (*_chain, name)), data)
 
 
 @dataclass

@@ -34,13 +34,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import nn
 
 from nfrecon.errors import InputError
 from nfrecon.fields.hashgrid import HashGridConfig, HashGridEncoding
-from nfrecon.fields.mlp import MLP, MLPConfig
+from nfrecon.fields.mlp import MLP, MLPConfig, mu_range, start_output_at
 from nfrecon.fields.base import BoxField
 from nfrecon.geometry.volume import VolumeGeometry
 
@@ -91,12 +90,10 @@ class Backbone(nn.Module):
 
     def __init__(self, cfg: BackboneConfig, mu_max: float):
         super().__init__()
-        if not np.isfinite(mu_max) or mu_max <= 0:
-            raise InputError(f"backbone: mu_max must be a positive number (1/mm), got {mu_max}")
         self.cfg = cfg
         self.encoder = HashGridEncoding(cfg.encoder)
         self.mlp = MLP(cfg.encoder.n_output_dims, 1, cfg.mlp)
-        self.register_buffer("mu_max", torch.tensor(float(mu_max), dtype=torch.float64))
+        self.register_buffer("mu_max", mu_range(mu_max, "backbone"))
 
     @property
     def film_widths(self) -> tuple[int, ...]:
@@ -127,10 +124,7 @@ class Backbone(nn.Module):
     @torch.no_grad()
     def start_near(self, mu0: float) -> None:
         """Set the output bias so that the unmodulated backbone is about ``mu0`` (1/mm) everywhere."""
-        if self.cfg.mlp.out_activation != "sigmoid":
-            raise InputError("backbone: start_near needs the sigmoid output")
-        frac = min(max(float(mu0) / float(self.mu_max), 1e-4), 1 - 1e-4)
-        self.mlp.layers[-1].bias.fill_(float(np.log(frac / (1 - frac))))
+        start_output_at(self.mlp, float(mu0) / float(self.mu_max), "backbone")
 
 
 class ModulationField(nn.Module):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -68,3 +69,21 @@ class MLP(nn.Module):
             h = layer(h)
             h = self.act(h) if i < last else self.out_act(h)
         return h
+
+
+def mu_range(mu_max: float, owner: str) -> torch.Tensor:
+    """The checked attenuation range ``mu_max`` (1/mm) of a field's scaled output, as a
+    float64 scalar for ``register_buffer`` (so that it travels in the state dict)."""
+    if not math.isfinite(mu_max) or mu_max <= 0:
+        raise InputError(f"{owner}: mu_max must be a positive number (1/mm), got {mu_max}")
+    return torch.tensor(float(mu_max), dtype=torch.float64)
+
+
+@torch.no_grad()
+def start_output_at(mlp: MLP, fraction: float, owner: str) -> None:
+    """Set the bias of a sigmoid-output MLP's last layer so that it outputs about ``fraction``
+    (clamped to [1e-4, 1 - 1e-4]) wherever its last hidden layer is small."""
+    if mlp.cfg.out_activation != "sigmoid":
+        raise InputError(f"{owner}: start_near needs the sigmoid output")
+    frac = min(max(float(fraction), 1e-4), 1 - 1e-4)
+    mlp.layers[-1].bias.fill_(math.log(frac / (1 - frac)))

@@ -15,13 +15,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
-from nfrecon.errors import InputError
 from nfrecon.fields.base import BoxField
 from nfrecon.fields.hashgrid import HashGridConfig, HashGridEncoding
-from nfrecon.fields.mlp import MLP, MLPConfig
+from nfrecon.fields.mlp import MLP, MLPConfig, mu_range, start_output_at
 from nfrecon.geometry.volume import VolumeGeometry
 
 
@@ -45,12 +43,10 @@ class NAFField(BoxField):
 
     def __init__(self, cfg: NAFFieldConfig, vol_geom: VolumeGeometry, mu_max: float):
         super().__init__(vol_geom)
-        if not np.isfinite(mu_max) or mu_max <= 0:
-            raise InputError(f"NAF field: mu_max must be a positive number (1/mm), got {mu_max}")
         self.cfg = cfg
         self.encoder = HashGridEncoding(cfg.encoder)
         self.mlp = MLP(cfg.encoder.n_output_dims, 1, cfg.mlp)
-        self.register_buffer("mu_max", torch.tensor(float(mu_max), dtype=torch.float64))
+        self.register_buffer("mu_max", mu_range(mu_max, "NAF field"))
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:
         return self.mlp(self.encoder(self.to_unit(points)))[..., 0] * self.mu_max
@@ -63,7 +59,4 @@ class NAFField(BoxField):
         attenuation of a box that is mostly air; starting near the mean line integral per
         mm keeps the first steps from saturating the sigmoid at 0.
         """
-        if self.cfg.mlp.out_activation != "sigmoid":
-            raise InputError("NAF field: start_near needs the sigmoid output")
-        frac = min(max(float(mu0) / float(self.mu_max), 1e-4), 1 - 1e-4)
-        self.mlp.layers[-1].bias.fill_(float(np.log(frac / (1 - frac))))
+        start_output_at(self.mlp, float(mu0) / float(self.mu_max), "NAF field")
