@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -149,7 +151,18 @@ def test_bad_input():
         fdk(proj, geom, VolumeGeometry.cube(8, 120.0))
 
 
-def test_too_short_arc_warns():
-    geom = _circular(n_views=20, arc_deg=185.0, det_shape=(8, 32))  # needs 180 + 15.2 deg
-    with pytest.warns(UserWarning, match="short-scan artefacts"):
-        fdk(torch.zeros(geom.proj_shape), geom, VolumeGeometry.cube(8, 4.0))
+def test_too_short_arc_warns_and_a_long_enough_one_does_not():
+    # 32 columns of 2.5 mm at 600 mm: outermost pixel centres at +-38.75 mm, so the scan needs
+    # 180 deg + 2 atan(38.75 / 600) = 187.39 deg
+    need = 180.0 + 2 * np.rad2deg(np.arctan(15.5 * 2.5 / 600.0))
+    vg = VolumeGeometry.cube(8, 4.0)
+    short = _circular(n_views=20, arc_deg=185.0, det_shape=(8, 32))
+    with pytest.warns(UserWarning, match="short-scan artefacts") as record:
+        fdk(torch.zeros(short.proj_shape), short, vg)
+    message = str(record[0].message)
+    assert "cover 185.0 deg" in message and f"({need:.1f} deg)" in message
+    enough = _circular(n_views=20, arc_deg=need + 0.5, det_shape=(8, 32))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fdk(torch.zeros(enough.proj_shape), enough, vg)
+    assert not [w for w in caught if "short-scan" in str(w.message)]
