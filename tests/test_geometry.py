@@ -9,7 +9,7 @@ import torch
 from nfrecon.errors import InputError
 from nfrecon.geometry.cone import ConeGeometry
 from nfrecon.geometry.protocols import PROTOCOLS, Protocol, get_protocol
-from nfrecon.geometry.rays import fixed_step_samples, pixel_rays, ray_box, stratified_samples
+from nfrecon.geometry.rays import packed_step_samples, pixel_rays, ray_box, stratified_samples
 from nfrecon.geometry.volume import VolumeGeometry
 
 VG = VolumeGeometry((4, 6, 8), (2.0, 1.0, 0.5), center=(10.0, -5.0, 3.0))
@@ -202,9 +202,10 @@ def test_ray_box_axis_parallel_rays_and_misses():
     # and d = 0 would be NaN).
     assert t_near[[1, 3, 4]].tolist() == [0.0] * 3 and t_far[[1, 3, 4]].tolist() == [0.0] * 3
     t, dt = stratified_samples(t_near, t_far, 4)
-    t2, dt2, _ = fixed_step_samples(t_near, t_far, 0.5)
-    points = o[:, None] + torch.cat([t, t2], 1)[..., None] * d[:, None]
+    ray2, t2, dt2 = packed_step_samples(t_near, t_far, 0.5)
+    points = torch.cat([(o[:, None] + t[..., None] * d[:, None]).reshape(-1, 3), o[ray2] + t2[:, None] * d[ray2]])
     assert torch.isfinite(points).all() and dt[[1, 3, 4]].eq(0).all() and dt2[[1, 3, 4]].eq(0).all()
+    assert not torch.isin(ray2, torch.tensor([1, 3, 4])).any()  # misses get no fixed-step samples
 
 
 # ---------------------------------------------------------------------------- sampling
@@ -239,19 +240,20 @@ def test_stratified_estimate_is_unbiased():
     assert exact - midpoint > 20 * stderr  # the test can tell a biased estimator apart
 
 
-def test_fixed_step_samples():
+def test_packed_step_samples():
     near = torch.tensor([0.0, 1.0, 4.0, 2.0], dtype=torch.float64)
     far = torch.tensor([10.0, 1.5, 4.0, 3.05], dtype=torch.float64)
-    t, dt, valid = fixed_step_samples(near, far, 0.5)
-    counts = valid.sum(1)
-    assert counts.tolist() == [20, 1, 1, 3]
-    assert t.shape == (4, 20) and torch.all(dt[:, 0] <= 0.5 + 1e-12)
-    np.testing.assert_allclose((dt[:, 0] * counts).numpy(), [10.0, 0.5, 0.0, 1.05])
-    assert torch.all((t >= near[:, None]) & (t <= far[:, None]) | ~valid)
-    np.testing.assert_allclose(t[3, :3].numpy(), 2.0 + (np.arange(3) + 0.5) * 0.35)
+    ray, t, dt = packed_step_samples(near, far, 0.5)
+    counts = torch.bincount(ray, minlength=4)
+    assert counts.tolist() == [20, 1, 0, 3] and torch.equal(ray, torch.sort(ray).values)
+    assert dt.shape == (4,) and torch.all(dt <= 0.5 + 1e-12)
+    np.testing.assert_allclose((dt * counts).numpy(), [10.0, 0.5, 0.0, 1.05])
+    assert torch.all((t >= near[ray]) & (t <= far[ray]))
+    np.testing.assert_allclose(t[ray == 3].numpy(), 2.0 + (np.arange(3) + 0.5) * 0.35)
     # A ray's samples do not depend on the other rays in the batch.
-    t1, dt1, v1 = fixed_step_samples(near[3:], far[3:], 0.5)
-    assert torch.equal(t1[0, v1[0]], t[3, valid[3]]) and torch.equal(dt1[0], dt[3])
+    ray1, t1, dt1 = packed_step_samples(near[3:], far[3:], 0.5)
+    assert torch.equal(ray1, torch.zeros(3, dtype=torch.long)) and torch.equal(t1, t[ray == 3])
+    assert torch.equal(dt1[0], dt[3])
 
 
 # ---------------------------------------------------------------------------- protocols

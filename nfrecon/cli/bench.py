@@ -6,8 +6,8 @@ import shlex
 
 from nfrecon.bench.config import BenchConfig
 from nfrecon.bench.runner import FitSetup, plan, run_bench
-from nfrecon.cli.common import parse
 from nfrecon.cli import presets
+from nfrecon.cli.common import parse
 from nfrecon.cli.fit import base_config
 from nfrecon.errors import InputError
 

@@ -7,7 +7,6 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from nfrecon.cli import presets
 from nfrecon.cli.common import parse
 from nfrecon.cli.presets import RunOptions

@@ -34,11 +34,11 @@ def resolve(name: str, device: str, method: str) -> str | None:
     return name
 
 
-def _overlay(base: dict, data: dict) -> dict:
+def overlay(base: dict, data: dict) -> dict:
     """``base`` with the keys of ``data`` replaced, recursing into mappings."""
     out = dict(base)
     for key, value in data.items():
-        out[key] = _overlay(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = overlay(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
 
 
@@ -54,7 +54,7 @@ def load(name: str, _chain: tuple[str, ...] = ()) -> dict:
         return data
     if parent in (*_chain, name):
         raise InputError(f"{path}: 'extends: {parent}' makes a cycle ({' -> '.join((*_chain, name, parent))})")
-    return _overlay(load(str(parent), (*_chain, name)), data)
+    return overlay(load(str(parent), (*_chain, name)), data)
 
 
 @dataclass

@@ -9,9 +9,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-
-from nfrecon.cli.common import parse
 from nfrecon.cli import presets
+from nfrecon.cli.common import parse
 from nfrecon.cli.presets import RunOptions
 from nfrecon.configio import load_yaml, merge
 from nfrecon.errors import InputError
@@ -54,9 +53,7 @@ def preset_overrides(name: str) -> dict:
     out = {"model": {k: cc[k] for k in ("backbone", "modulation") if k in cc}}
     if "sampling" in data:
         out["sampling"] = data["sampling"]
-    for key, value in data.get("pretrain", {}).items():
-        out[key] = {**out[key], **value} if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
+    return presets.overlay(out, data.get("pretrain", {}))
 
 
 def base_config(preset: str, config: Path | None, device: str = "auto") -> PretrainConfig:

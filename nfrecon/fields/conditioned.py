@@ -38,9 +38,9 @@ import torch
 from torch import nn
 
 from nfrecon.errors import InputError
+from nfrecon.fields.base import BoxField
 from nfrecon.fields.hashgrid import HashGridConfig, HashGridEncoding
 from nfrecon.fields.mlp import MLP, MLPConfig, mu_range, start_output_at
-from nfrecon.fields.base import BoxField
 from nfrecon.geometry.volume import VolumeGeometry
 
 

@@ -93,18 +93,20 @@ def stratified_samples(
     return t_near[:, None] + (k + offset) * dt, dt
 
 
-def fixed_step_samples(
+def packed_step_samples(
     t_near: torch.Tensor, t_far: torch.Tensor, step: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Midpoint samples with spacing at most ``step`` mm, per ray.
+    """Midpoint samples with spacing at most ``step`` mm, packed ray after ray.
 
-    Ray ``r`` gets ``n_r = ceil(length_r / step)`` equal bins. Returns ``t`` (R, N), the
-    bin length ``dt`` (R, 1) and a validity mask (R, N), with N = max n_r; samples past
-    ``n_r`` are invalid. The result of a ray does not depend on the other rays.
+    Ray ``r`` gets ``n_r = ceil(length_r / step)`` equal bins (none when it misses the box).
+    Returns ``ray`` (S,), the ray of each sample in ascending order, ``t`` (S,) its
+    parameter (mm along a unit direction) and the bin length ``dt`` (R,) of every ray, with
+    S = sum n_r. A ray's samples do not depend on the other rays in the batch.
     """
     length = (t_far - t_near).clamp(min=0.0)
-    n = torch.ceil(length / step).clamp(min=1)
-    n_max = int(n.max().item()) if n.numel() else 1
-    dt = (length / n)[:, None]
-    k = torch.arange(n_max, device=t_near.device, dtype=t_near.dtype)[None]
-    return t_near[:, None] + (k + 0.5) * dt, dt, k < n[:, None]
+    count = torch.ceil(length / step).long()
+    dt = length / count.clamp(min=1)
+    ray = torch.repeat_interleave(torch.arange(len(count), device=t_near.device), count)
+    first = torch.cumsum(count, 0) - count
+    k = (torch.arange(len(ray), device=t_near.device) - first[ray]).to(t_near.dtype)
+    return ray, t_near[ray] + (k + 0.5) * dt[ray], dt

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from nfrecon.errors import InputError
 from nfrecon.geometry.cone import ConeGeometry
-from nfrecon.geometry.rays import geometry_tensors, pixel_rays, ray_box
+from nfrecon.geometry.rays import geometry_tensors, packed_step_samples, pixel_rays, ray_box
 from nfrecon.geometry.volume import VolumeGeometry
 
 _BILINEAR, _BORDER = 0, 1  # grid_sampler enum values: interpolation and padding modes
@@ -118,19 +118,13 @@ class VoxelProjector:
         device = flat_index.device
         o, d = pixel_rays(self.geom, flat_index, self._geometry(device), dtype=torch.float64)
         t_near, t_far = ray_box(o, d, self._box_lo, self._box_lo + self._box_size)
-        length = (t_far - t_near).clamp(min=0.0)
-        count = torch.ceil(length / self.step).long()
-        dt = (length / count.clamp(min=1)).to(dtype)
-        ray = torch.repeat_interleave(torch.arange(len(count), device=device), count)
-        first = torch.cumsum(count, 0) - count
-        k = (torch.arange(len(ray), device=device) - first[ray]).to(dtype)
+        ray, t, dt = packed_step_samples(t_near, t_far, self.step)
         lo = torch.as_tensor(self._box_lo, dtype=torch.float64, device=device)
         scale = 2.0 / torch.as_tensor(self._box_size, dtype=torch.float64, device=device)
         o_unit = ((o - lo) * scale - 1).flip(-1).to(dtype)
         d_unit = (d * scale).flip(-1).to(dtype)
-        t = t_near.to(dtype)[ray] + (k + 0.5) * dt[ray]
-        grid = torch.addcmul(o_unit[ray], t[:, None], d_unit[ray])
-        return _Chunk(len(count), ray, grid, dt[ray], _batches(device))
+        grid = torch.addcmul(o_unit[ray], t.to(dtype)[:, None], d_unit[ray])
+        return _Chunk(len(dt), ray, grid, dt.to(dtype)[ray], _batches(device))
 
     def _ray_chunks(self, device):
         n = self.geom.n_rays
