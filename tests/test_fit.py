@@ -1,11 +1,20 @@
 """Per-scan fitting: exact resume, divergence roll-back, stopping, bad input, noise weights."""
 
 import math
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
 
+from nfrecon.cli import main
+from nfrecon.configio import dump_yaml
 from nfrecon.data.scan import save_scan
 from nfrecon.errors import InputError
 from nfrecon.fields.hashgrid import HashGridConfig
@@ -67,6 +76,61 @@ def test_killed_fit_resumes_bit_for_bit(scan_file, tmp_path, monkeypatch):
     assert resumed.metrics["holdout_rmse"] == full.metrics["holdout_rmse"]
 
 
+# Runs `nfrecon fit` and holds step AT in the middle (after its rays and jitter were drawn)
+# until the parent's signal has been handled, so that the signal lands inside that step.
+# With the signal deferred, the handler is replaced after the first signal, which ends the
+# wait; without it, SIGINT raises KeyboardInterrupt out of the sleep and SIGTERM kills.
+_SIGNAL_MID_STEP = """
+import signal, sys, time
+from pathlib import Path
+import torch
+from nfrecon.cli import main
+from nfrecon.fit import loop
+marker, sig, at = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+torch.set_num_threads(int(sys.argv[4]))
+original = loop.FitRun._loss
+def held(self, idx):
+    value = original(self, idx)
+    if self.step == at and not marker.exists():
+        handler = signal.getsignal(sig)
+        marker.touch()
+        while signal.getsignal(sig) is handler:
+            time.sleep(0.01)
+    return value
+loop.FitRun._loss = held
+sys.exit(main(sys.argv[5:]))
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_mid_step_then_resume_is_bit_for_bit(scan_file, tmp_path, sig):
+    full, _ = run_fit(_cfg(scan_file, tmp_path / "full"))
+    dump_yaml(_cfg(scan_file, tmp_path / "killed"), tmp_path / "run.yaml")
+    argv = ["fit", "--preset", "none", "--config", str(tmp_path / "run.yaml")]
+    marker = tmp_path / "in-step-13"
+    child = subprocess.Popen([sys.executable, "-c", _SIGNAL_MID_STEP, str(marker), str(int(sig)), "13",
+                              str(torch.get_num_threads()), *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    while not marker.exists():
+        assert child.poll() is None, child.communicate()
+        time.sleep(0.01)
+    os.kill(child.pid, sig)
+    _, err = child.communicate()
+    assert child.returncode == 128 + sig, err
+    assert torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)["step"] == 14  # step 13 finished
+    ckpt = tmp_path / "killed" / "checkpoint.pt"
+    assert f"interrupted ({signal.Signals(sig).name}) at step 14: checkpoint {ckpt}" in err
+    resume = err.split("resume with: ")[1].splitlines()[0]
+    assert shlex.split(resume) == ["nfrecon", *argv, "--resume"]
+    assert main(shlex.split(resume)[1:]) == 0
+    resumed = np.asarray(nib.load(tmp_path / "killed" / "volume.nii.gz").dataobj)
+    assert np.array_equal(resumed, np.asarray(nib.load(tmp_path / "full" / "volume.nii.gz").dataobj))
+    assert np.array_equal(resumed, full.volume.transpose(2, 1, 0))
+    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
+    b = torch.load(ckpt, weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]) and a["stopper"] == b["stopper"]
+
+
 def test_resume_refuses_a_checkpoint_of_another_config(scan_file, tmp_path):
     run_fit(_cfg(scan_file, tmp_path / "run", steps=4))
     before = (tmp_path / "run" / "volume.nii.gz").read_bytes()
@@ -108,7 +172,7 @@ def test_non_finite_loss_rolls_back_and_lowers_the_rate(scan_file, tmp_path, mon
     assert state["lr_scale"] == 0.25
 
     monkeypatch.setattr(fit_loop.FitRun, "_loss", lambda self, idx: original(self, idx) * float("inf"))
-    with pytest.raises(RuntimeError, match="not finite"), pytest.warns(UserWarning):
+    with pytest.raises(InputError, match="diverged at step"), pytest.warns(UserWarning):
         run_fit(_cfg(scan_file, tmp_path / "diverges", steps=10))
 
 

@@ -75,9 +75,32 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
-    except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
-        return 130
+    except OSError as exc:  # a path we cannot read or write, a full disk: the file and the reason
+        where = f"{exc.filename}: " if exc.filename else ""
+        sys.stderr.write(f"error: {where}{exc.strerror or exc}\n")
+        return 2
+    except MemoryError:
+        sys.stderr.write("error: out of memory; use a smaller --size, grid or batch\n")
+        return 2
+    except KeyboardInterrupt as exc:
+        return _interrupted(name, rest, exc)
+
+
+def _interrupted(name: str, rest: list[str], exc: KeyboardInterrupt) -> int:
+    """Say where the checkpoint of an interrupted run is and how to resume it; 128 + signal number."""
+    import shlex
+    import signal
+
+    signum = getattr(exc, "signum", None)
+    checkpoint = getattr(exc, "checkpoint", None)
+    how = f"interrupted ({signal.Signals(signum).name})" if signum else "interrupted"
+    if checkpoint is None:
+        sys.stderr.write(f"{how}\n")
+    else:
+        again = [a for a in rest if a not in ("--resume", "--no-resume", "--overwrite", "--no-overwrite")]
+        sys.stderr.write(f"{how} at step {exc.step}: checkpoint {checkpoint}\n"
+                         f"resume with: nfrecon {shlex.join([name, *again, '--resume'])}\n")
+    return 128 + (signum or signal.SIGINT)
 
 
 def console() -> None:

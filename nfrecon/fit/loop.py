@@ -25,6 +25,7 @@ from nfrecon.errors import InputError
 from nfrecon.fields.base import evaluate_grid
 from nfrecon.fit.checkpoint import config_mismatches, load_checkpoint, save_checkpoint
 from nfrecon.fit.config import FitConfig, SamplingConfig
+from nfrecon.fit.signals import Interrupted, StopRequest
 from nfrecon.fit.stopping import EarlyStopper, split_views
 from nfrecon.metrics import evaluate
 from nfrecon.outputs.preview import save_preview
@@ -130,6 +131,9 @@ class FitRun:
         self.stopper = EarlyStopper(cfg.stop.patience, cfg.stop.min_improvement)
         self.best_state = None
         self.step = 0
+        self.checkpoint_step: int | None = None  # step of the last checkpoint this run wrote or resumed
+        self._in_step = False  # a step has begun and not finished (the state is between two steps)
+        self._good: tuple[dict, dict] | None = None  # model and optimiser state to roll back to
         self.gt = self._ground_truth()
 
     # ------------------------------------------------------------------ state
@@ -171,15 +175,34 @@ class FitRun:
             self.opt.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as exc:
             raise InputError(f"{path}: checkpoint does not fit this model ({str(exc).splitlines()[0][:200]})") from exc
-        self.step = int(state["step"])
+        self._check_shapes(state, path)
+        self.step = self.checkpoint_step = int(state["step"])
         self.lr_scale = float(state["lr_scale"])
         self.stopper.load_state_dict(state["stopper"])
         self.best_state = state["best_state"]
         self.gen.set_state(state["rng"])
         self.jitter_gen.set_state(state["jitter_rng"])
 
+    def _check_shapes(self, state: dict, path: Path) -> None:
+        """The optimiser's moments and the best state must have the shapes of the model's tensors
+        (``load_state_dict`` checks only the model's own)."""
+        for p in (p for g in self.opt.param_groups for p in g["params"]):
+            for key, value in self.opt.state.get(p, {}).items():
+                if torch.is_tensor(value) and value.dim() > 0 and value.shape != p.shape:
+                    raise InputError(f"{path}: checkpoint does not fit this model (optimizer {key} has shape "
+                                     f"{tuple(value.shape)}, the parameter {tuple(p.shape)})")
+        best = state["best_state"]
+        if best is not None:
+            want = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
+            got = {k: tuple(v.shape) for k, v in best.items()} if isinstance(best, dict) else {}
+            if got != want:
+                diff = min(set(want.items()) ^ set(got.items()))[0]
+                raise InputError(f"{path}: checkpoint does not fit this model (best_state entry {diff!r})")
+
     def checkpoint(self) -> None:
+        """Write ``<out>/checkpoint.pt`` (refused, keeping the previous one, if the state is not finite)."""
         save_checkpoint(self.out / "checkpoint.pt", self.state_dict())
+        self.checkpoint_step = self.step
 
     # ------------------------------------------------------------------ pieces
     def _set_lr(self) -> None:
@@ -223,59 +246,100 @@ class FitRun:
 
     # ------------------------------------------------------------------ main loop
     def run(self, resume: bool = False, on_step=None) -> FitResult:
+        """Run the remaining steps, then export. On SIGINT/SIGTERM the current step finishes,
+        the checkpoint is written and :class:`~nfrecon.fit.signals.Interrupted` is raised."""
         ckpt = self.out / "checkpoint.pt"
         if resume:
             self.load_state_dict(load_checkpoint(ckpt), ckpt)
         self.out.mkdir(parents=True, exist_ok=True)
         log = TBLogger(self.out / "tb") if self.cfg.output.tensorboard else None
-        good = (copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.opt.state_dict()))
-        retries, stopped = 0, False
         bar = progress(self.cfg.steps, desc="fit", unit="step", disable=not self.cfg.output.progress, initial=self.step)
-        t0, rays_done = time.perf_counter(), 0
         try:
-            while self.step < self.cfg.steps and not stopped:
-                self._set_lr()
-                loss = self._loss(self.rays.draw())
-                loss_value = float(loss.detach())
-                if not math.isfinite(loss_value):
-                    retries += 1
-                    if retries > MAX_DIVERGENCE_RETRIES:
-                        raise RuntimeError(f"loss is not finite at step {self.step} after {MAX_DIVERGENCE_RETRIES} learning-rate reductions; try a lower --optim.lr")
-                    self.model.load_state_dict(good[0])
-                    self.opt.load_state_dict(good[1])
-                    self.lr_scale *= 0.5
-                    warnings.warn(f"loss became {loss_value} at step {self.step}: rolled back, learning rate x{self.lr_scale:g}", stacklevel=2)
-                    continue
-                self.opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if self.cfg.optim.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
-                self.opt.step()
-                self.step += 1
-                rays_done += self.cfg.sampling.rays_per_step
-                rate = rays_done / max(time.perf_counter() - t0, 1e-9)
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_value:.3g}", rays_s=f"{rate:.3g}", refresh=False)
-                if log:
-                    log.scalar("train/loss", loss_value, self.step)
-                    log.scalar("train/lr", self.opt.param_groups[0]["lr"], self.step)
-                stopped = self._periodic(log)
-                if self.step % self.cfg.stop.eval_every == 0:
-                    good = (copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.opt.state_dict()))
-                if on_step is not None:
-                    on_step(self)
-        except KeyboardInterrupt:
+            with StopRequest() as stop:
+                stopped = self._steps(stop, log, bar, on_step)
+        except KeyboardInterrupt as exc:
             bar.close()
-            self.checkpoint()
             if log:
                 log.close()
-            raise
+            if isinstance(exc, Interrupted):
+                raise
+            if not self._in_step:  # raised between steps (e.g. by on_step): the state is a finished step's
+                self.checkpoint()
+            # raised inside a step (a second Ctrl-C): the state is between two steps; keep the last checkpoint
+            raise Interrupted(ckpt if self.checkpoint_step is not None else None, self.checkpoint_step or 0,
+                              None) from exc
         bar.close()
         self.checkpoint()
         result = self._finish(log, stopped)
         if log:
             log.close()
         return result
+
+    def _steps(self, stop: StopRequest, log, bar, on_step) -> bool:
+        """The step loop; True when automatic stopping ended it."""
+        self._good = self._good_state()
+        retries, stopped = 0, False
+        t0, rays_done = time.perf_counter(), 0
+        while self.step < self.cfg.steps and not stopped:
+            if stop.requested:
+                self.checkpoint()
+                raise Interrupted(self.out / "checkpoint.pt", self.step, stop.signum)
+            self._in_step = True
+            loss_value = self._train_step()
+            if loss_value is None:
+                retries += 1
+                if retries > MAX_DIVERGENCE_RETRIES:
+                    raise InputError(f"the fit diverged at step {self.step} (non-finite loss or parameters after "
+                                     f"{MAX_DIVERGENCE_RETRIES} learning-rate reductions); try a lower --optim.lr")
+                self._in_step = False
+                continue
+            rays_done += self.cfg.sampling.rays_per_step
+            rate = rays_done / max(time.perf_counter() - t0, 1e-9)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.3g}", rays_s=f"{rate:.3g}", refresh=False)
+            if log:
+                log.scalar("train/loss", loss_value, self.step)
+                log.scalar("train/lr", self.opt.param_groups[0]["lr"], self.step)
+            stopped = self._periodic(log)
+            if self.step % self.cfg.stop.eval_every == 0:
+                self._good = self._good_state()
+            self._in_step = False
+            if on_step is not None:
+                on_step(self)
+        return stopped
+
+    def _train_step(self) -> float | None:
+        """One optimisation step; its loss, or None when the loss or the updated parameters are
+        not finite (then the model and optimiser are rolled back to the last good state and the
+        learning rate is halved)."""
+        self._set_lr()
+        loss = self._loss(self.rays.draw())
+        loss_value = float(loss.detach())
+        if math.isfinite(loss_value):
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.cfg.optim.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+            self.opt.step()
+            if self._params_finite():
+                self.step += 1
+                return loss_value
+            what = "the parameters became non-finite"
+        else:
+            what = f"loss became {loss_value}"
+        self.model.load_state_dict(self._good[0])
+        self.opt.load_state_dict(self._good[1])
+        self.lr_scale *= 0.5
+        warnings.warn(f"{what} at step {self.step}: rolled back, learning rate x{self.lr_scale:g}", stacklevel=3)
+        return None
+
+    def _params_finite(self) -> bool:
+        """Whether every parameter is finite (one reduction: a sum is NaN/Inf when an entry is)."""
+        sums = torch.stack([p.detach().sum(dtype=torch.float64) for p in self.model.parameters()])
+        return bool(torch.isfinite(sums).all())
+
+    def _good_state(self) -> tuple[dict, dict]:
+        return copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.opt.state_dict())
 
     def _periodic(self, log) -> bool:
         cfg, step = self.cfg, self.step

@@ -68,8 +68,6 @@ import json
 import math
 import os
 import shutil
-import signal
-import threading
 import time
 import warnings
 from collections.abc import Sequence
@@ -84,13 +82,14 @@ from nfrecon.configio import dump_yaml, to_dict
 from nfrecon.data.scan import Scan
 from nfrecon.data.volumes import resample
 from nfrecon.errors import InputError
-from nfrecon.fields.conditioned import Backbone, ConditionedField, ModulationField
 from nfrecon.fields.base import evaluate_grid
+from nfrecon.fields.conditioned import Backbone, ConditionedField, ModulationField
 from nfrecon.fit.checkpoint import config_mismatches, load_checkpoint, save_checkpoint
 from nfrecon.fit.config import PretrainConfig
 from nfrecon.fit.distributed import Dist, init_distributed
 from nfrecon.fit.loop import RaySource, lr_factor
 from nfrecon.fit.run import estimate_mu_max, mean_attenuation, prepare_run_folder, read_scan, save_backbone
+from nfrecon.fit.signals import Interrupted, StopRequest
 from nfrecon.fsutil import atomic_write_text
 from nfrecon.metrics import psnr
 from nfrecon.outputs.progress import progress
@@ -149,31 +148,6 @@ def _together(d: Dist, fn):
     return result
 
 
-class _StopRequest:
-    """SIGINT/SIGTERM set a flag (the loop checkpoints and stops at the next step on every
-    rank); a second signal gets the default behaviour. Only from the main thread."""
-
-    def __init__(self):
-        self.requested = False
-        self._saved = {}
-
-    def _handler(self, signum, frame):
-        self.requested = True
-        for sig, old in self._saved.items():
-            signal.signal(sig, old)
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._saved[sig] = signal.signal(sig, self._handler)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, old in self._saved.items():
-            signal.signal(sig, old)
-        self._saved = {}
-
-
 @dataclass
 class _Item:
     """One training scan on this rank: its data, modulation field and optimiser."""
@@ -207,7 +181,7 @@ class Pretrainer:
         self.cfg, self.d, self.out = cfg, d, Path(cfg.out)
         self.device = d.device
         self.paths = paths
-        self.stop = _StopRequest()
+        self.stop = StopRequest()
         self.step = 0
         self.last_checkpoint = -1
         self.seconds_before = 0.0  # training time of earlier sessions (resumed runs)
@@ -471,7 +445,7 @@ class Pretrainer:
                     loss = self.train_step()
                     if loss is None:
                         self.checkpoint()
-                        raise KeyboardInterrupt
+                        raise Interrupted(self.out / "checkpoint.pt", self.step, self.stop.signum)
                     window.append(loss)
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.3g}", refresh=False)
