@@ -21,7 +21,8 @@ from nfrecon.fields.hashgrid import HashGridConfig
 from nfrecon.fields.mlp import MLPConfig
 from nfrecon.fields.naf import NAFFieldConfig
 from nfrecon.fit import loop as fit_loop
-from nfrecon.fit.config import FitConfig, LossConfig, OutputConfig, SamplingConfig, StopConfig
+from nfrecon.fit.checkpoint import load_checkpoint, payload_checksum
+from nfrecon.fit.config import FitConfig, LossConfig, OptimConfig, OutputConfig, SamplingConfig, StopConfig
 from nfrecon.fit.run import run_fit
 from nfrecon.fit.stopping import EarlyStopper, split_views
 from nfrecon.geometry.protocols import get_protocol
@@ -43,12 +44,12 @@ def scan_file(tmp_path_factory):
 
 
 def _cfg(scan_file, out, **kw):
-    base = dict(
-        scan=scan_file, out=out, steps=24, seed=5, device="cpu", field=TINY_FIELD,
-        sampling=SamplingConfig(rays_per_step=64, mode="all", n_samples=12),
-        stop=StopConfig(holdout_fraction=0.2, eval_every=4, patience=0),
-        output=OutputConfig(checkpoint_every=8, preview_every=12, tensorboard=False, progress=False),
-    )
+    base = {
+        "scan": scan_file, "out": out, "steps": 24, "seed": 5, "device": "cpu", "field": TINY_FIELD,
+        "sampling": SamplingConfig(rays_per_step=64, mode="all", n_samples=12),
+        "stop": StopConfig(holdout_fraction=0.2, eval_every=4, patience=0),
+        "output": OutputConfig(checkpoint_every=8, preview_every=12, tensorboard=False, progress=False),
+    }
     base.update(kw)
     return FitConfig(**base)
 
@@ -102,7 +103,7 @@ sys.exit(main(sys.argv[5:]))
 """
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_mid_step_then_resume_is_bit_for_bit(scan_file, tmp_path, sig):
     full, _ = run_fit(_cfg(scan_file, tmp_path / "full"))
     dump_yaml(_cfg(scan_file, tmp_path / "killed"), tmp_path / "run.yaml")
@@ -153,6 +154,44 @@ def test_corrupt_checkpoint_and_bad_options(scan_file, tmp_path):
     assert not (tmp_path / "other").exists()
     with pytest.raises(InputError, match="nothing to resume"):
         run_fit(_cfg(scan_file, tmp_path / "fresh"), resume=True)
+
+
+def test_flipped_bytes_in_a_checkpoint_are_refused_and_the_file_kept(scan_file, tmp_path):
+    run_fit(_cfg(scan_file, tmp_path / "run", steps=4))
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    data = bytearray(ckpt.read_bytes())
+    table = max(torch.load(ckpt, weights_only=True)["model"].values(), key=torch.Tensor.numel)
+    at = bytes(data).find(table.numpy().tobytes())  # torch.save stores tensor bytes uncompressed
+    assert at > 0 and table.numel() * 4 >= 512
+    data[at + 256 : at + 512] = b"\xff" * 256  # 64 float32 entries of the hash table become NaN
+    ckpt.write_bytes(bytes(data))
+    assert torch.isnan(max(torch.load(ckpt, weights_only=True)["model"].values(), key=torch.Tensor.numel)).sum() == 64
+    with pytest.raises(InputError, match=f"{ckpt}: corrupt checkpoint \\(checksum mismatch"):
+        run_fit(_cfg(scan_file, tmp_path / "run", steps=8), resume=True)
+    assert ckpt.read_bytes() == bytes(data)  # not overwritten
+
+
+def test_checkpoint_with_nan_and_a_valid_checksum_is_refused(tmp_path):
+    state = {"format": "nfrecon-checkpoint", "step": 3, "model": {"w": torch.tensor([1.0, float("nan")])}}
+    torch.save({**state, "checksum": payload_checksum(state)}, tmp_path / "nan.pt")
+    with pytest.raises(InputError, match=r"nan.pt: corrupt checkpoint: model.w holds NaN or Inf"):
+        load_checkpoint(tmp_path / "nan.pt")
+    state["model"]["w"][1] = 2.0
+    torch.save({**state, "checksum": payload_checksum(state)}, tmp_path / "ok.pt")
+    assert torch.equal(load_checkpoint(tmp_path / "ok.pt")["model"]["w"], torch.tensor([1.0, 2.0]))
+
+
+def test_diverging_parameters_roll_back_and_never_replace_a_good_checkpoint(scan_file, tmp_path):
+    run_fit(_cfg(scan_file, tmp_path / "run", steps=4))
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    good = ckpt.read_bytes()
+    # Resumed at an absurd learning rate: each update blows the parameters up to ~1e35 (finite)
+    # while the loss of that step, computed before the update, is finite; such a state was
+    # checkpointed at step 8 over the good checkpoint of step 4.
+    with pytest.raises(InputError, match="the fit diverged at step"), \
+            pytest.warns(UserWarning, match="predicted line integrals became non-finite at step 7: rolled back"):
+        run_fit(_cfg(scan_file, tmp_path / "run", steps=12, optim=OptimConfig(lr=3e37)), resume=True)
+    assert ckpt.read_bytes() == good
 
 
 def test_non_finite_loss_rolls_back_and_lowers_the_rate(scan_file, tmp_path, monkeypatch):

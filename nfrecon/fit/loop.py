@@ -124,6 +124,8 @@ class FitRun:
         self.jitter_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
         self.rays = RaySource(scan, self.train_views, cfg.sampling, self.gen)
         self.hold_rays = _holdout_rays(scan, self.hold_views, cfg.stop.eval_rays, cfg.seed)
+        # rays whose predictions must stay finite for a state to be kept (see _train_step)
+        self.probe_rays = torch.linspace(0, scan.geom.n_rays - 1, min(256, scan.geom.n_rays)).long()
         self.opt = torch.optim.Adam(param_groups if param_groups is not None else model.parameters(), lr=cfg.optim.lr)
         self.base_lrs = [g["lr"] for g in self.opt.param_groups]
         self.lr_factor = lr_factor(cfg.steps, cfg.optim.schedule, cfg.optim.final_lr_ratio)
@@ -277,8 +279,8 @@ class FitRun:
 
     def _steps(self, stop: StopRequest, log, bar, on_step) -> bool:
         """The step loop; True when automatic stopping ended it."""
-        self._good = self._good_state()
-        retries, stopped = 0, False
+        self._good, self._retries = self._good_state(), 0
+        stopped = False
         t0, rays_done = time.perf_counter(), 0
         while self.step < self.cfg.steps and not stopped:
             if stop.requested:
@@ -287,10 +289,6 @@ class FitRun:
             self._in_step = True
             loss_value = self._train_step()
             if loss_value is None:
-                retries += 1
-                if retries > MAX_DIVERGENCE_RETRIES:
-                    raise InputError(f"the fit diverged at step {self.step} (non-finite loss or parameters after "
-                                     f"{MAX_DIVERGENCE_RETRIES} learning-rate reductions); try a lower --optim.lr")
                 self._in_step = False
                 continue
             rays_done += self.cfg.sampling.rays_per_step
@@ -309,34 +307,53 @@ class FitRun:
         return stopped
 
     def _train_step(self) -> float | None:
-        """One optimisation step; its loss, or None when the loss or the updated parameters are
-        not finite (then the model and optimiser are rolled back to the last good state and the
-        learning rate is halved)."""
+        """One optimisation step; its loss, or None when it diverged: a non-finite loss, non-finite
+        parameters after the update, or (before a state is kept as the roll-back point or
+        checkpointed) non-finite predictions on a fixed set of rays. The model and optimiser are
+        then rolled back to the last good state and the learning rate is halved."""
         self._set_lr()
         loss = self._loss(self.rays.draw())
         loss_value = float(loss.detach())
-        if math.isfinite(loss_value):
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if self.cfg.optim.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
-            self.opt.step()
-            if self._params_finite():
-                self.step += 1
-                return loss_value
-            what = "the parameters became non-finite"
-        else:
-            what = f"loss became {loss_value}"
+        if not math.isfinite(loss_value):
+            return self._roll_back(f"loss became {loss_value}")
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+        self.opt.step()
+        if not self._params_finite():
+            return self._roll_back("the parameters became non-finite")
+        self.step += 1
+        if self._keeps_state() and not self._predictions_finite():
+            self.step -= 1
+            return self._roll_back("the predicted line integrals became non-finite")
+        return loss_value
+
+    def _roll_back(self, what: str) -> None:
+        self._retries += 1
+        if self._retries > MAX_DIVERGENCE_RETRIES:
+            raise InputError(f"the fit diverged at step {self.step} ({what} after {MAX_DIVERGENCE_RETRIES} "
+                             f"learning-rate reductions); try a lower --optim.lr")
         self.model.load_state_dict(self._good[0])
         self.opt.load_state_dict(self._good[1])
         self.lr_scale *= 0.5
-        warnings.warn(f"{what} at step {self.step}: rolled back, learning rate x{self.lr_scale:g}", stacklevel=3)
-        return None
+        warnings.warn(f"{what} at step {self.step}: rolled back, learning rate x{self.lr_scale:g}", stacklevel=4)
+
+    def _keeps_state(self) -> bool:
+        """Whether the state after this step becomes the roll-back point or a checkpoint."""
+        every = (self.cfg.stop.eval_every, self.cfg.output.checkpoint_every)
+        return self.step >= self.cfg.steps or any(n and self.step % n == 0 for n in every)
 
     def _params_finite(self) -> bool:
         """Whether every parameter is finite (one reduction: a sum is NaN/Inf when an entry is)."""
         sums = torch.stack([p.detach().sum(dtype=torch.float64) for p in self.model.parameters()])
         return bool(torch.isfinite(sums).all())
+
+    @torch.no_grad()
+    def _predictions_finite(self) -> bool:
+        """Whether the predicted line integrals of a fixed set of rays are finite (no jitter)."""
+        pred = self.marcher(self.model, self.probe_rays.to(self.device), jitter=False)
+        return bool(torch.isfinite(pred).all())
 
     def _good_state(self) -> tuple[dict, dict]:
         return copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.opt.state_dict())
