@@ -170,6 +170,53 @@ def test_missing_non_hdf5_and_truncated_files(tmp_path):
         load_scan(path)
 
 
+def _flip_bit(path, at: int, bit: int = 0) -> None:
+    data = bytearray(path.read_bytes())
+    data[at] ^= 1 << bit
+    path.write_bytes(bytes(data))
+
+
+def _data_offset(path, name: str) -> int:
+    """File offset of the (first chunk of the) stored bytes of dataset ``name``."""
+    with h5py.File(path, "r") as f:
+        d = f[name].id
+        return d.get_chunk_info(0).byte_offset if f[name].chunks else d.get_offset()
+
+
+@pytest.mark.parametrize("name", ["geometry/src", "projections", "gt"])
+def test_one_flipped_bit_in_a_dataset_is_refused(tmp_path, name):
+    path = save_scan(_scan(), tmp_path / "scan.h5")
+    _flip_bit(path, _data_offset(path, name) + 1, bit=3)  # geometry/src: src[0] moves by 2^-41 of its size
+    with pytest.raises(InputError, match="scan.h5: truncated or corrupt HDF5 file"):
+        load_scan(path)
+
+
+def test_one_flipped_bit_in_an_attribute_is_refused(tmp_path):
+    path = save_scan(_scan(), tmp_path / "scan.h5")
+    at = path.read_bytes().find(np.float64(12345.5).tobytes())  # the photons attribute
+    assert at > 0
+    _flip_bit(path, at + 6)
+    with pytest.raises(InputError, match="scan.h5: truncated or corrupt HDF5 file"):
+        load_scan(path)
+
+
+def test_files_without_checksums_still_read(tmp_path):
+    scan = _scan()
+    path = tmp_path / "old.h5"
+    with h5py.File(path, "w") as f:  # the layout of files written before checksums
+        f.attrs.update(format="nfrecon-scan", version=1, metadata=json.dumps(scan.metadata), photons=scan.photons)
+        f.create_dataset("projections", data=scan.projections, compression="gzip")
+        geo = f.create_group("geometry")
+        geo.attrs["det_shape"] = np.asarray(GEOM.det_shape)
+        for key in ("src", "det", "u", "v"):
+            geo.create_dataset(key, data=getattr(GEOM, key))
+    loaded = load_scan(path)
+    np.testing.assert_array_equal(loaded.projections, scan.projections)
+    np.testing.assert_array_equal(loaded.geom.src, GEOM.src)
+    with h5py.File(save_scan(scan, tmp_path / "new.h5"), "r") as f:
+        assert all(f[k].fletcher32 for k in ("projections", "clean", "gt", "geometry/src", "geometry/v"))
+
+
 def test_describe_mentions_the_essentials():
     text = _scan().describe()
     for needle in ("10 views", "10 x 6 x 7", "12345.5 photons", "clean projections: yes", "ground truth: mu",

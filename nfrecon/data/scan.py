@@ -20,7 +20,12 @@ from nfrecon.geometry.volume import VolumeGeometry
 
 FORMAT = "nfrecon-scan"
 VERSION = 1
-_COMPRESSION = {"compression": "gzip", "compression_opts": 1, "shuffle": True}
+# Every dataset carries HDF5's Fletcher-32 checksum (a damaged chunk fails to read); the v1.8
+# file format (libver) adds checksums to the object headers, where the attributes live.
+# Files written without them (older nfrecon) read as before.
+_CHECKSUM = {"fletcher32": True}
+_COMPRESSION = {"compression": "gzip", "compression_opts": 1, "shuffle": True, **_CHECKSUM}
+_LIBVER = ("v108", "latest")
 
 
 def _array(value, name: str, shape: tuple | None = None, what: str = "") -> np.ndarray:
@@ -155,7 +160,7 @@ def save_scan(scan: Scan, path) -> Path:
         scan.validate()
     except InputError as exc:
         raise InputError(f"{path}: cannot save the scan: {exc}") from exc
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w", libver=_LIBVER) as f:
         f.attrs["format"] = FORMAT
         f.attrs["version"] = VERSION
         f.attrs["software"] = f"nfrecon {nfrecon.__version__}"
@@ -166,7 +171,7 @@ def save_scan(scan: Scan, path) -> Path:
         geo = f.create_group("geometry")
         geo.attrs["det_shape"] = np.asarray(scan.geom.det_shape, dtype=np.int64)
         for key in ("src", "det", "u", "v"):
-            geo.create_dataset(key, data=getattr(scan.geom, key).astype(np.float64))
+            geo.create_dataset(key, data=getattr(scan.geom, key).astype(np.float64), **_CHECKSUM)
         if scan.clean is not None:
             _write_stack(f, "clean", scan.clean)
         if scan.gt is not None:
