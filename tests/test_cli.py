@@ -1,8 +1,10 @@
 """The command line end to end at a tiny size, its help, and its handling of bad input."""
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -73,6 +75,75 @@ def test_bad_input_one_line_error_exit_2_no_output(tmp_path, cli, argv, message)
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and message in lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+def _tree(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+# {d}: an empty folder holding file.txt (a file) and folder/ (a folder); {scan}: a valid scan.
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["fdk", "--scan", "{scan}", "--out", "{d}/file.txt"], "--out {d}/file.txt: exists and is not a folder"),
+        (["fdk", "--scan", "{scan}", "--out", "{d}/file.txt/run"], "--out {d}/file.txt/run: {d}/file.txt is a file"),
+        (["iterative", "--scan", "{scan}", "--out", "{d}/file.txt"], "--out {d}/file.txt: exists and is not a folder"),
+        (["fit", "--scan", "{scan}", "--steps", "1", "--out", "{d}/file.txt"], "--out {d}/file.txt: exists and is not"),
+        (["fit", "--scan", "{scan}", "--steps", "1", "--out", "{d}/file.txt/a/b"], "{d}/file.txt is a file, not a folder"),
+        (["make-dataset", "--count", "1", "--out", "{d}/file.txt"], "--out {d}/file.txt: exists and is not a folder"),
+        (["pretrain", "--scans", "{scan}", "--steps", "1", "--out", "{d}/file.txt/p"], "{d}/file.txt is a file"),
+        (["simulate", "--protocol", "small", "--size", "8", "--out", "{d}/folder"],
+         "--out {d}/folder: is a folder, expected a file name"),
+        (["simulate", "--protocol", "small", "--size", "8", "--out", "{d}/file.txt/s.h5"], "{d}/file.txt is a file"),
+        (["simulate", "--protocol", "small", "--size", "8", "--out", "{d}/folder.h5"],
+         "--out (its ground truth) {d}/folder_gt.nii.gz: is a folder"),
+    ],
+)
+def test_unwritable_outputs_are_refused_before_any_work(sim, tmp_path, cli, argv, message):
+    (tmp_path / "file.txt").write_text("a file\n")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder_gt.nii.gz").mkdir()  # where simulate --out folder.h5 puts its ground truth
+    before = _tree(tmp_path)
+    code, _, err = cli(*(a.format(d=tmp_path, scan=sim / "scan.h5") for a in argv))
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(lines) == 1 and message.format(d=tmp_path) in lines[0], err
+    assert "Traceback" not in err and _tree(tmp_path) == before  # nothing written
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["fdk", "--scan", "{scan}", "--out", "{ro}/run"],
+        ["iterative", "--scan", "{scan}", "--iters", "1", "--out", "{ro}/run"],
+        ["fit", "--scan", "{scan}", "--steps", "1", "--out", "{ro}/run"],
+        ["simulate", "--protocol", "small", "--size", "8", "--out", "{ro}/s.h5"],
+        ["make-dataset", "--count", "1", "--size", "8", "--out", "{ro}/set"],
+        ["pretrain", "--scans", "{scan}", "--steps", "1", "--out", "{ro}/p"],
+    ],
+    ids=lambda argv: argv[0],
+)
+def test_read_only_folder_is_refused_in_one_line(sim, tmp_path, argv):
+    """A real read-only folder (mode 0555). Root may write anywhere: as root the command runs
+    without the capabilities that override file permissions."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    done = subprocess.run([sys.executable, "-m", "nfrecon", *(a.format(ro=ro, scan=sim / "scan.h5") for a in argv)],
+                          capture_output=True, text=True, preexec_fn=_without_root_overrides if os.geteuid() == 0 else None)
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode == 2 and len(lines) == 1 and f"{ro} is not writable" in lines[0], done.stderr
+    assert "Traceback" not in done.stderr and list(ro.iterdir()) == []
+
+
+def _without_root_overrides():
+    """Drop CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH (1, 2) from the bounding set (prctl
+    PR_CAPBSET_DROP = 24) before exec, so that root obeys file permissions."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2):
+        if libc.prctl(24, cap, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
 
 
 def test_help_reads_well(cli, capsys):

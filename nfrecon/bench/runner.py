@@ -42,6 +42,7 @@ from nfrecon.data.volumes import read_ct
 from nfrecon.devices import resolve_device
 from nfrecon.errors import InputError
 from nfrecon.fit.config import FitConfig
+from nfrecon.fsutil import check_output_dir
 from nfrecon.geometry.protocols import PROTOCOLS, Protocol, get_protocol
 from nfrecon.geometry.volume import VolumeGeometry
 from nfrecon.metrics import DEFINITIONS
@@ -173,8 +174,7 @@ def plan(cfg: BenchConfig, fits: dict[str, FitSetup], command: str) -> Plan:
     device = str(resolve_device(cfg.device))
     if cfg.sim_step_mm is not None and not cfg.sim_step_mm > 0:
         raise InputError(f"--sim-step-mm: must be positive, got {cfg.sim_step_mm}")
-    if cfg.out.exists() and not cfg.out.is_dir():
-        raise InputError(f"--out {cfg.out}: exists and is not a folder")
+    check_output_dir(cfg.out)
     paths = list(cfg.ct) or default_ct_files()
     if not paths:
         raise InputError("--ct: no CT volumes given, and no real CTs found in ../shared/data (or $NFRECON_DATA)")

@@ -13,6 +13,7 @@ from nfrecon.cli.common import parse, resolve_device
 from nfrecon.configio import dump_yaml
 from nfrecon.data.scan import load_scan
 from nfrecon.errors import InputError
+from nfrecon.fsutil import check_output_dir
 from nfrecon.outputs.results import write_results
 from nfrecon.recon.fdk import fdk
 from nfrecon.recon.filters import FILTERS
@@ -48,6 +49,7 @@ class FdkArgs:
 
 def main(argv: list[str], prog: str) -> int:
     args = parse(FdkArgs, argv, prog, DESCRIPTION)
+    check_output_dir(args.out)
     scan = load_scan(args.scan)
     if scan.recon_geom is None:
         raise InputError(f"{args.scan}: the scan has no reconstruction grid (recon_geometry)")

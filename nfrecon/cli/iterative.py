@@ -14,6 +14,7 @@ from nfrecon.cli.common import parse, resolve_device
 from nfrecon.configio import dump_yaml
 from nfrecon.data.scan import load_scan
 from nfrecon.errors import InputError
+from nfrecon.fsutil import check_output_dir
 from nfrecon.outputs.progress import progress
 from nfrecon.outputs.results import write_results
 
@@ -58,12 +59,11 @@ class IterativeArgs:
 def main(argv: list[str], prog: str) -> int:
     args = parse(IterativeArgs, argv, prog, DESCRIPTION)
     settings = IterativeSettings(args.method, args.iters, args.subsets, args.lam, args.tol, args.nonneg)
+    check_output_dir(args.out)
     scan = load_scan(args.scan)
     if scan.recon_geom is None:
         raise InputError(f"{args.scan}: the scan has no reconstruction grid (recon_geometry)")
     settings.check(scan.geom.n_views)
-    if args.out.exists() and not args.out.is_dir():
-        raise InputError(f"--out {args.out}: exists and is not a folder")
     device = resolve_device(args.device)
     bar = progress(settings.n_iter, desc=args.method, unit="it")
 

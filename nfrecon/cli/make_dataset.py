@@ -21,7 +21,7 @@ from nfrecon.data.procedural import PatientConfig, generate_patient
 from nfrecon.data.scan import save_scan
 from nfrecon.data.volumes import read_ct
 from nfrecon.errors import InputError
-from nfrecon.fsutil import atomic_write_text
+from nfrecon.fsutil import atomic_write_text, check_output_dir
 from nfrecon.geometry.protocols import load_protocol
 from nfrecon.outputs.progress import progress
 from nfrecon.simulate import simulate_scan
@@ -90,8 +90,7 @@ def _check(args: MakeDatasetArgs) -> None:
         raise InputError(f"--ct: --source {args.source} needs at least one CT volume to augment")
     if args.source == "procedural" and args.ct:
         raise InputError("--ct: CT volumes are only used with --source augment or mixed")
-    if args.out.exists() and not args.out.is_dir():
-        raise InputError(f"{args.out}: exists and is not a folder")
+    check_output_dir(args.out)
     if (args.out / INDEX).exists() and not args.overwrite:
         raise InputError(f"{args.out}: already holds a dataset ({INDEX}); use --overwrite to replace it")
 

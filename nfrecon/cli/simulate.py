@@ -11,6 +11,7 @@ from nfrecon.data.nifti import write_nifti
 from nfrecon.data.scan import save_scan
 from nfrecon.data.volumes import read_ct
 from nfrecon.errors import InputError
+from nfrecon.fsutil import atomic_paths, check_output_file
 from nfrecon.geometry.protocols import Protocol, load_protocol
 from nfrecon.simulate import phantom_scan, simulate_scan
 
@@ -73,6 +74,9 @@ def gt_path(out: Path) -> Path:
 
 def main(argv: list[str], prog: str) -> int:
     args = parse(SimulateArgs, argv, prog, DESCRIPTION)
+    gt = gt_path(args.out)
+    check_output_file(args.out)
+    check_output_file(gt, option="--out (its ground truth)")
     protocol = load_protocol(args.protocol, size=args.size, views=args.views, arc_deg=args.arc, mu_water=args.mu_water)
     photons = _photons(args, protocol)
     geom, grid = protocol.cone_geometry(), protocol.volume_geometry()
@@ -85,9 +89,9 @@ def main(argv: list[str], prog: str) -> int:
         mu = protocol.hu_to_mu(hu)
         scan = simulate_scan(mu, ct_geom, geom, grid, photons=photons, read_noise=args.read_noise, seed=args.seed,
                              step_mm=args.step_mm, device=resolve_device(args.device), metadata=meta)
-    save_scan(scan, args.out)
-    gt = gt_path(args.out)
-    write_nifti(gt, scan.gt, scan.gt_geom)
+    with atomic_paths(args.out, gt) as (tmp_scan, tmp_gt):  # both files or neither
+        save_scan(scan, tmp_scan)
+        write_nifti(tmp_gt, scan.gt, scan.gt_geom)
     print(f"scan: {args.out} ({protocol.describe()})")
     print(f"ground truth: {gt}")
     return 0

@@ -26,6 +26,7 @@ from nfrecon.fields.naf import NAFField
 from nfrecon.fit.checkpoint import config_mismatches, load_checkpoint, save_checkpoint
 from nfrecon.fit.config import FitConfig
 from nfrecon.fit.loop import FitResult, FitRun
+from nfrecon.fsutil import check_output_dir
 from nfrecon.geometry.protocols import get_protocol
 from nfrecon.geometry.rays import pixel_rays, ray_box
 from nfrecon.recon.fdk import fdk
@@ -184,7 +185,9 @@ def build_conditioned(cfg: FitConfig, scan: Scan) -> tuple[ConditionedField, lis
 
 
 def prepare_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to clobber an earlier run unless asked to resume it or start over."""
+    """Refuse an output folder that cannot be written, or that holds an earlier run unless
+    asked to resume it or start over (before any work)."""
+    check_output_dir(out)
     ckpt = out / "checkpoint.pt"
     if resume and not ckpt.is_file():
         raise InputError(f"{ckpt}: nothing to resume (no checkpoint in {out})")

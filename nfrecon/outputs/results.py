@@ -15,7 +15,7 @@ import numpy as np
 
 from nfrecon.data.nifti import write_nifti
 from nfrecon.data.volumes import MU_WATER
-from nfrecon.fsutil import atomic_write_text
+from nfrecon.fsutil import atomic_paths, atomic_write_text
 from nfrecon.geometry.volume import VolumeGeometry
 from nfrecon.metrics import evaluate
 from nfrecon.outputs.preview import save_preview
@@ -42,7 +42,9 @@ def write_results(
     metrics = dict(info or {})
     if gt is not None:
         metrics["vs_ground_truth"] = evaluate(volume, gt)
-    write_nifti(out / "volume.nii.gz", volume, vol_geom, hu=hu, mu_water=mu_water)
-    save_preview(out / "preview.png", volume, vol_geom, title=title)
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, default=float) + "\n")
+    names = ("volume.nii.gz", "preview.png", "metrics.json")
+    with atomic_paths(*(out / n for n in names)) as (vol_path, preview_path, metrics_path):  # all or none
+        write_nifti(vol_path, volume, vol_geom, hu=hu, mu_water=mu_water)
+        save_preview(preview_path, volume, vol_geom, title=title)
+        atomic_write_text(metrics_path, json.dumps(metrics, indent=2, default=float) + "\n")
     return metrics
