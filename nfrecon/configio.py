@@ -116,7 +116,10 @@ def merge(base, data: dict, where: str = "config"):
             changes[key] = merge(current, value, f"{where}.{key}")
         else:
             changes[key] = _coerce(hints[key], value, f"{where}.{key}")
-    return dataclasses.replace(base, **changes)
+    try:
+        return dataclasses.replace(base, **changes)
+    except InputError as exc:  # a config's own check (__post_init__): say which file set the value
+        raise InputError(f"{where}: {exc}") from exc
 
 
 def load_yaml(path: str | os.PathLike) -> dict:

@@ -1,5 +1,12 @@
 """The one error type that users see: a one-line message about their input."""
 
+from __future__ import annotations
+
+import contextlib
+from contextvars import ContextVar
+
+_recorded: ContextVar[list | None] = ContextVar("nfrecon_input_errors", default=None)
+
 
 class InputError(ValueError):
     """Bad input (file, shape, value, config). The CLI prints ``error: <message>`` and exits 2.
@@ -9,3 +16,17 @@ class InputError(ValueError):
 
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split()))
+        recorded = _recorded.get()
+        if recorded is not None:
+            recorded.append(self)
+
+
+@contextlib.contextmanager
+def recording_input_errors():
+    """Yield a list that receives every InputError created inside the block (the CLI uses it
+    to report a config's own check in one line when the argument parser caught it)."""
+    token = _recorded.set([])
+    try:
+        yield _recorded.get()
+    finally:
+        _recorded.reset(token)

@@ -63,12 +63,29 @@ def test_fdk_hu_export_is_int16_without_scaling(sim, cli):
         (["simulate", "--volume", "{d}/missing.nii.gz", "--out", "{d}/o4.h5"], "missing.nii.gz"),
         (["simulate", "--volume", "phantom", "--protocol", "nope", "--out", "{d}/o5.h5"], "unknown name 'nope'"),
         (["fit", "--preset", "nope", "--out", "{d}/o6"], "unknown preset 'nope'"),
-        (["fit", "--steps", "0", "--out", "{d}/o7"], "steps must be >= 1"),
+        (["fit", "--steps", "0", "--out", "{d}/o7"], "--steps: must be >= 1, got 0"),
         (["eval", "--recon", "{d}/missing.nii.gz", "--gt", "{d}/missing.nii.gz"], "missing.nii.gz"),
+        (["fit", "--optim.lr", "nan", "--out", "{d}/o8"], "--optim.lr: must be a finite number > 0, got nan"),
+        (["fit", "--optim.lr", "-1", "--out", "{d}/o8"], "--optim.lr: must be a finite number > 0, got -1.0"),
+        (["fit", "--sampling.n-samples", "0", "--out", "{d}/o8"], "--sampling.n-samples: must be >= 1, got 0"),
+        (["fit", "--sampling.rays-per-step", "0", "--out", "{d}/o8"], "--sampling.rays-per-step: must be >= 1, got 0"),
+        (["fit", "--stop.holdout-fraction", "1.0", "--out", "{d}/o8"], "--stop.holdout-fraction: must be in [0, 1)"),
+        (["fit", "--config", "{d}/lr.yaml", "--out", "{d}/o8"], "lr.yaml.optim: --optim.lr: must be a finite number > 0"),
+        (["pretrain", "--scans", "{d}/text.h5", "--optim.backbone-lr", "0", "--out", "{d}/o9"],
+         "--optim.backbone-lr: must be a finite number > 0, got 0.0"),
+        (["simulate", "--protocol", "small", "--size", "8", "--arc", "0", "--out", "{d}/o10.h5"],
+         "arc_deg (--arc) must not be 0"),
+        (["simulate", "--protocol", "{d}/neg.yaml", "--out", "{d}/o11.h5"], "neg.yaml: protocol 'neg': need 0 < sod < sdd"),
+        (["simulate", "--protocol", "{d}/part.yaml", "--out", "{d}/o12.h5"], "part.yaml: protocol: missing field(s) sdd,"),
+        (["info", "{d}"], "is a folder, expected a scan file"),
     ],
 )
 def test_bad_input_one_line_error_exit_2_no_output(tmp_path, cli, argv, message):
     (tmp_path / "text.h5").write_text("this is not HDF5\n")
+    (tmp_path / "lr.yaml").write_text("optim:\n  lr: -0.5\n")
+    (tmp_path / "part.yaml").write_text("name: part\nsod: 100\n")
+    (tmp_path / "neg.yaml").write_text("name: neg\nsod: -500\nsdd: 1000\ndet_shape: [8, 8]\npixel_size: [2, 2]\n"
+                                       "n_views: 4\narc_deg: 200\nvol_shape: [8, 8, 8]\nvoxel_size: [2, 2, 2]\n")
     before = sorted(p.name for p in tmp_path.iterdir())
     code, out, err = cli(*(a.format(d=tmp_path) for a in argv))
     assert code == 2

@@ -149,7 +149,7 @@ def test_corrupt_checkpoint_and_bad_options(scan_file, tmp_path):
     ckpt.write_bytes(ckpt.read_bytes()[:200])
     with pytest.raises(InputError, match="corrupt or unreadable checkpoint"):
         run_fit(_cfg(scan_file, tmp_path / "run", steps=8), resume=True)
-    with pytest.raises(InputError, match="steps must be >= 1"):
+    with pytest.raises(InputError, match="--steps: must be >= 1, got 0"):
         run_fit(_cfg(scan_file, tmp_path / "other", steps=0))
     assert not (tmp_path / "other").exists()
     with pytest.raises(InputError, match="nothing to resume"):
@@ -179,6 +179,21 @@ def test_checkpoint_with_nan_and_a_valid_checksum_is_refused(tmp_path):
     state["model"]["w"][1] = 2.0
     torch.save({**state, "checksum": payload_checksum(state)}, tmp_path / "ok.pt")
     assert torch.equal(load_checkpoint(tmp_path / "ok.pt")["model"]["w"], torch.tensor([1.0, 2.0]))
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch ran",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_without_advice_to_run_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    torch.save({"format": "nfrecon-checkpoint", "payload": _RunsCode()}, tmp_path / "evil.pt")
+    with pytest.raises(InputError) as err:
+        load_checkpoint(tmp_path / "evil.pt")
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path / 'evil.pt'}: refused") and "system" in message
+    assert "weights_only" not in message and "\n" not in message and not (tmp_path / "ran").exists()
 
 
 def test_diverging_parameters_roll_back_and_never_replace_a_good_checkpoint(scan_file, tmp_path):

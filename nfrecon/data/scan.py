@@ -218,6 +218,8 @@ def _read_scan(f: h5py.File) -> Scan:
 def load_scan(path) -> Scan:
     """Read a scan written by :func:`save_scan`; every problem is an InputError naming the file."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, expected a scan file")
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     if not h5py.is_hdf5(path):

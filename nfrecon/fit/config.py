@@ -1,14 +1,45 @@
-"""Configuration of per-scan fitting and of CondCBNT pretraining (dataclasses; the CLI is generated from them)."""
+"""Configuration of per-scan fitting and of CondCBNT pretraining (dataclasses; the CLI is generated from them).
+
+Each config checks its own fields in ``__post_init__`` (InputError naming the command-line
+option), so the CLI, YAML configs, presets and Python callers get the same message.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from dataclasses import field as _field
 from pathlib import Path
 from typing import Literal, Optional
 
+from nfrecon.errors import InputError
 from nfrecon.fields.conditioned import BackboneConfig, ModulationConfig
 from nfrecon.fields.naf import NAFFieldConfig
+
+
+def _need(ok: bool, option: str, what: str, value) -> None:
+    """InputError ``--option: must be <what>, got <value>`` unless ``ok``."""
+    if not ok:
+        raise InputError(f"--{option}: must be {what}, got {value!r}")
+
+
+def _at_least(obj, section: str, minimum: float, *names: str) -> None:
+    """Each field in ``names`` must be a finite number >= ``minimum``."""
+    for name in names:
+        value = getattr(obj, name)
+        option = f"{section}.{name}".strip(".").replace("_", "-")
+        if isinstance(value, int):
+            _need(value >= minimum, option, f">= {minimum:g}", value)
+        else:
+            _need(math.isfinite(value) and value >= minimum, option, f"a finite number >= {minimum:g}", value)
+
+
+def _positive(obj, section: str, *names: str) -> None:
+    """Each field in ``names`` must be a finite number > 0."""
+    for name in names:
+        value = getattr(obj, name)
+        option = f"{section}.{name}".strip(".").replace("_", "-")
+        _need(math.isfinite(value) and value > 0, option, "a finite number > 0", value)
 
 
 @dataclass
@@ -23,6 +54,9 @@ class SamplingConfig:
     n_samples: int = 192
     """Samples per ray between box entry and exit (stratified, jittered)."""
 
+    def __post_init__(self):
+        _at_least(self, "sampling", 1, "rays_per_step", "n_samples")
+
 
 @dataclass
 class OptimConfig:
@@ -36,6 +70,10 @@ class OptimConfig:
     """Learning rate at the last step, relative to lr."""
     grad_clip: float = 0.0
     """Clip the gradient norm to this value (0: off)."""
+
+    def __post_init__(self):
+        _positive(self, "optim", "lr")
+        _at_least(self, "optim", 0, "final_lr_ratio", "grad_clip")
 
 
 @dataclass
@@ -64,6 +102,12 @@ class StopConfig:
     restore_best: bool = True
     """Export the state with the lowest held-out error rather than the last one."""
 
+    def __post_init__(self):
+        f = self.holdout_fraction
+        _need(math.isfinite(f) and 0 <= f < 1, "stop.holdout-fraction", "in [0, 1) (some views must be fitted)", f)
+        _at_least(self, "stop", 1, "eval_every")
+        _at_least(self, "stop", 0, "patience", "min_improvement", "eval_rays")
+
 
 @dataclass
 class OutputConfig:
@@ -81,6 +125,10 @@ class OutputConfig:
     """mu of water (1/mm) used for the HU export."""
     progress: bool = True
     """Show a progress bar."""
+
+    def __post_init__(self):
+        _at_least(self, "output", 0, "checkpoint_every", "preview_every")
+        _positive(self, "output", "mu_water")
 
 
 @dataclass
@@ -105,6 +153,9 @@ class CondCBNTConfig(ConditionedModelConfig):
     backbone_lr: float = 1e-5
     """Learning rate of the backbone once unfrozen (follows the same schedule as --optim.lr)."""
 
+    def __post_init__(self):
+        _at_least(self, "condcbnt", 0, "unfreeze_after", "backbone_lr")
+
 
 @dataclass
 class FitConfig:
@@ -125,6 +176,11 @@ class FitConfig:
     """Seed of initialisation, ray sampling and jitter."""
     device: str = "auto"
     """'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'."""
+    backend: Literal["auto", "torch", "cpp", "cuda", "tcnn"] = "auto"
+    """Implementation of the hash grid and the ray march: 'torch' (pure PyTorch, the
+    reference), 'cpp' (fused kernels built for the CPU), 'cuda' (fused kernels on a GPU),
+    'tcnn' (tiny-cuda-nn's hash grid, where installed), 'auto' (cuda on a GPU, cpp on a CPU
+    when the kernels build, else torch with a warning). 'nfrecon doctor' lists what runs here."""
     mu_max: float = 0.0
     """Upper end of the field's attenuation range in 1/mm (0: estimated from an FDK of the scan;
     condcbnt: the backbone's, which a non-zero value must equal)."""
@@ -137,6 +193,10 @@ class FitConfig:
     loss: LossConfig = _field(default_factory=LossConfig)
     stop: StopConfig = _field(default_factory=StopConfig)
     output: OutputConfig = _field(default_factory=OutputConfig)
+
+    def __post_init__(self):
+        _at_least(self, "", 1, "steps")
+        _at_least(self, "", 0, "mu_max")
 
     def model_keys(self) -> tuple[str, ...]:
         """Config sections a checkpoint must agree on to be resumed (the model and its data)."""
@@ -158,6 +218,10 @@ class PretrainOptimConfig:
     grad_clip: float = 1.0
     """Clip the gradient norm of the backbone and, separately, of the modulation to this (0: off)."""
 
+    def __post_init__(self):
+        _positive(self, "optim", "backbone_lr", "modulation_lr")
+        _at_least(self, "optim", 0, "final_lr_ratio", "grad_clip")
+
 
 @dataclass
 class PretrainOutputConfig:
@@ -173,6 +237,10 @@ class PretrainOutputConfig:
     """Write TensorBoard logs to <out>/tb."""
     progress: bool = True
     """Show a progress bar (rank 0)."""
+
+    def __post_init__(self):
+        _at_least(self, "output", 1, "checkpoint_every", "log_every")
+        _at_least(self, "output", 0, "preview_every")
 
 
 @dataclass
@@ -203,3 +271,7 @@ class PretrainConfig:
     """Rays per step and samples per ray with --data projections (all rays from one scan)."""
     optim: PretrainOptimConfig = _field(default_factory=PretrainOptimConfig)
     output: PretrainOutputConfig = _field(default_factory=PretrainOutputConfig)
+
+    def __post_init__(self):
+        _at_least(self, "", 1, "steps", "points_per_step")
+        _at_least(self, "", 0, "mu_max")

@@ -101,8 +101,6 @@ class FitRun:
     """
 
     def __init__(self, model: torch.nn.Module, scan: Scan, cfg: FitConfig, device: torch.device, param_groups=None):
-        if cfg.steps < 1:
-            raise InputError(f"--steps must be >= 1, got {cfg.steps}")
         if cfg.loss.kind == "poisson" and not scan.photons:
             raise InputError("loss.kind=poisson needs the scan's photon count (the scan has none); use --loss.kind mse")
         self.model, self.scan, self.cfg, self.device = model.to(device), scan, cfg, device

@@ -489,26 +489,11 @@ class Pretrainer:
         return PretrainResult(steps, history, seconds, summary)
 
 
-def _check(cfg: PretrainConfig) -> None:
-    for name, value, ok in [
-        ("--steps", cfg.steps, cfg.steps >= 1),
-        ("--points-per-step", cfg.points_per_step, cfg.points_per_step >= 1),
-        ("--sampling.rays-per-step", cfg.sampling.rays_per_step, cfg.sampling.rays_per_step >= 1),
-        ("--output.checkpoint-every", cfg.output.checkpoint_every, cfg.output.checkpoint_every >= 1),
-        ("--output.log-every", cfg.output.log_every, cfg.output.log_every >= 1),
-        ("--optim.backbone-lr", cfg.optim.backbone_lr, cfg.optim.backbone_lr > 0),
-        ("--optim.modulation-lr", cfg.optim.modulation_lr, cfg.optim.modulation_lr > 0),
-    ]:
-        if not ok:
-            raise InputError(f"{name}: must be positive, got {value}")
-
-
 def run_pretrain(cfg: PretrainConfig, resume: bool = False, overwrite: bool = False, on_step=None) -> PretrainResult:
     """Pretrain on ``cfg.scans`` (as this rank of a torchrun job, or alone); outputs in ``cfg.out``.
 
     ``on_step(trainer)`` is called after every step (tests use it to request a stop).
     """
-    _check(cfg)
     paths = resolve_scan_paths(cfg.scans)
     d = init_distributed(cfg.device)
     try:

@@ -22,6 +22,7 @@ from nfrecon.data.scan import Scan, load_scan
 from nfrecon.devices import resolve_device
 from nfrecon.errors import InputError
 from nfrecon.fields.conditioned import Backbone, BackboneConfig, ConditionedField, ModulationConfig, ModulationField
+from nfrecon.fields.base import use_backend
 from nfrecon.fields.naf import NAFField
 from nfrecon.fit.checkpoint import config_mismatches, load_checkpoint, save_checkpoint
 from nfrecon.fit.config import FitConfig
@@ -29,6 +30,7 @@ from nfrecon.fit.loop import FitResult, FitRun
 from nfrecon.fsutil import check_output_dir
 from nfrecon.geometry.protocols import get_protocol
 from nfrecon.geometry.rays import pixel_rays, ray_box
+from nfrecon.ops.backend import resolve_backend
 from nfrecon.recon.fdk import fdk
 from nfrecon.simulate import phantom_scan
 
@@ -170,8 +172,6 @@ def build_conditioned(cfg: FitConfig, scan: Scan) -> tuple[ConditionedField, lis
     if cfg.backbone is None:
         raise InputError("--backbone: method condcbnt needs a pretrained backbone (backbone.pt from 'nfrecon pretrain')")
     cc = cfg.condcbnt
-    if cc.unfreeze_after < 0 or cc.backbone_lr < 0:
-        raise InputError(f"--condcbnt: unfreeze_after and backbone_lr must be >= 0, got {cc.unfreeze_after}, {cc.backbone_lr}")
     backbone = load_backbone(cfg.backbone, expected=cc.backbone)
     if cfg.mu_max > 0 and not np.isclose(cfg.mu_max, float(backbone.mu_max), rtol=1e-6):
         raise InputError(f"--mu-max: condcbnt uses the backbone's range {float(backbone.mu_max):.6g}/mm, got {cfg.mu_max}; "
@@ -201,13 +201,12 @@ def run_fit(cfg: FitConfig, resume: bool = False, overwrite: bool = False, on_st
     ``on_step(run)`` is called after every step with the :class:`FitRun` (e.g. to record
     quality over time in benchmarks).
     """
-    if cfg.steps < 1:
-        raise InputError(f"--steps must be >= 1, got {cfg.steps}")
     if cfg.method == "condcbnt" and cfg.backbone is None:
         raise InputError("--backbone: method condcbnt needs a pretrained backbone (backbone.pt from 'nfrecon pretrain')")
     out = Path(cfg.out)
     prepare_run_folder(out, resume, overwrite)
     device = resolve_device(cfg.device)
+    backend = resolve_backend(cfg.backend, device)
     scan = read_scan(cfg.scan, cfg.seed)
     if scan.recon_geom is None:
         raise InputError(f"{cfg.scan}: the scan has no reconstruction grid (recon_geometry); add one to the file")
@@ -216,6 +215,7 @@ def run_fit(cfg: FitConfig, resume: bool = False, overwrite: bool = False, on_st
         model, groups = build_conditioned(cfg, scan)
     else:
         model, groups = build_field(cfg, scan, cfg.mu_max if cfg.mu_max > 0 else estimate_mu_max(scan)), None
+    use_backend(model, backend)
     run = FitRun(model, scan, cfg, device, param_groups=groups)
     out.mkdir(parents=True, exist_ok=True)
     dump_yaml(cfg, out / "config.yaml")

@@ -85,6 +85,8 @@ class Protocol:
             put(key, _floats(getattr(self, key), 1, key, where)[0])
         if not 0 < self.sod < self.sdd:
             raise InputError(f"{where}: need 0 < sod < sdd, got sod={self.sod}, sdd={self.sdd}")
+        if self.arc_deg == 0:
+            raise InputError(f"{where}: arc_deg (--arc) must not be 0 (every view would see the object from one angle)")
         if self.photons < 0 or self.hu_min >= self.hu_max:
             raise InputError(f"{where}: need photons >= 0 and hu_min < hu_max")
         put("det_shape", _ints(self.det_shape, 2, "det_shape", where))
@@ -184,6 +186,11 @@ class Protocol:
         unknown = sorted(set(d) - fields)
         if unknown:
             raise InputError(f"protocol: unknown field(s) {', '.join(unknown)}")
+        required = [f.name for f in dataclasses.fields(cls)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        missing = [k for k in required if k not in d]
+        if missing:
+            raise InputError(f"protocol: missing field(s) {', '.join(missing)} (required: {', '.join(required)})")
         try:
             return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
         except TypeError as exc:
@@ -299,7 +306,10 @@ def load_protocol(
     """A preset name or a YAML file of Protocol fields, then (in this order) scaled to
     ``size``, given another arc and mu_water, and reduced to ``views`` of its views."""
     if name.endswith((".yaml", ".yml")) and name not in PROTOCOLS:
-        protocol = Protocol.from_dict(load_yaml(name))
+        try:
+            protocol = Protocol.from_dict(load_yaml(name))
+        except InputError as exc:
+            raise InputError(exc if str(exc).startswith(name) else f"{name}: {exc}") from exc
     else:
         protocol = get_protocol(name)
     if size is not None:
