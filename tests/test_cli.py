@@ -78,6 +78,10 @@ def test_fdk_hu_export_is_int16_without_scaling(sim, cli):
         (["simulate", "--protocol", "{d}/neg.yaml", "--out", "{d}/o11.h5"], "neg.yaml: protocol 'neg': need 0 < sod < sdd"),
         (["simulate", "--protocol", "{d}/part.yaml", "--out", "{d}/o12.h5"], "part.yaml: protocol: missing field(s) sdd,"),
         (["info", "{d}"], "is a folder, expected a scan file"),
+        (["simulate", "--protocol", "small", "--size", "100000", "--out", "{d}/o13.h5"],
+         "a scan of grid 100000x100000x100000, projections 50x100000x100000 needs about 1.49e+07 GiB of memory"),
+        (["make-dataset", "--size", "10000", "--count", "1", "--out", "{d}/o14"],
+         "each scan of grid 10000x10000x10000, projections 50x10000x10000 needs about 1.5e+04 GiB"),
     ],
 )
 def test_bad_input_one_line_error_exit_2_no_output(tmp_path, cli, argv, message):

@@ -21,6 +21,7 @@ COMMANDS = {
     "bench": ("nfrecon.cli.bench", "results table of every method on one protocol"),
     "eval": ("nfrecon.cli.evaluate", "PSNR/SSIM of a reconstruction against a ground truth (JSON)"),
     "info": ("nfrecon.cli.info", "summarise a scan file or a NIfTI volume"),
+    "doctor": ("nfrecon.cli.doctor", "which backends (torch, cpp, cuda, tcnn) run here, and why not"),
 }
 
 USAGE = """usage: nfrecon <command> [options]    (nfrecon <command> --help for its options)
@@ -81,6 +82,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except MemoryError:
         sys.stderr.write("error: out of memory; use a smaller --size, grid or batch\n")
+        return 2
+    except RuntimeError as exc:  # torch's allocators (CPU and CUDA) raise RuntimeErrors
+        text = str(exc)
+        if "can't allocate memory" not in text and "out of memory" not in text.lower():
+            raise
+        sys.stderr.write(f"error: out of memory ({text.splitlines()[0][:200]}); use a smaller --size, grid or batch\n")
         return 2
     except KeyboardInterrupt as exc:
         return _interrupted(name, rest, exc)

@@ -20,6 +20,7 @@ from nfrecon.data.augment import AugmentConfig, augment_ct
 from nfrecon.data.procedural import PatientConfig, generate_patient
 from nfrecon.data.scan import save_scan
 from nfrecon.data.volumes import read_ct
+from nfrecon.devices import require_memory
 from nfrecon.errors import InputError
 from nfrecon.fsutil import atomic_write_text, check_output_dir
 from nfrecon.geometry.protocols import load_protocol
@@ -125,6 +126,8 @@ def main(argv: list[str], prog: str) -> int:
     photons = None if args.noiseless else (protocol.photons if args.photons is None else args.photons)
     if photons is not None and not photons > 0:
         raise InputError(f"--photons: photon count must be positive, got {photons:g} (use --noiseless for clean projections)")
+    require_memory(protocol.memory_bytes(args.oversample), f"each scan of {protocol.sizes(args.oversample)}",
+                   "use a smaller --size or --oversample")
     device = resolve_device(args.device)
     cts = _read_cts(args.ct)
     geom, recon = protocol.cone_geometry(), protocol.volume_geometry()

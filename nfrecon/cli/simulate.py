@@ -10,6 +10,7 @@ from nfrecon.cli.common import parse, resolve_device
 from nfrecon.data.nifti import write_nifti
 from nfrecon.data.scan import save_scan
 from nfrecon.data.volumes import read_ct
+from nfrecon.devices import require_memory
 from nfrecon.errors import InputError
 from nfrecon.fsutil import atomic_paths, check_output_file
 from nfrecon.geometry.protocols import Protocol, load_protocol
@@ -79,6 +80,7 @@ def main(argv: list[str], prog: str) -> int:
     check_output_file(gt, option="--out (its ground truth)")
     protocol = load_protocol(args.protocol, size=args.size, views=args.views, arc_deg=args.arc, mu_water=args.mu_water)
     photons = _photons(args, protocol)
+    require_memory(protocol.memory_bytes(), f"a scan of {protocol.sizes()}", "use a smaller --size")
     geom, grid = protocol.cone_geometry(), protocol.volume_geometry()
     meta = {"protocol": protocol.to_dict(), "source": args.volume}
     if args.volume == "phantom":

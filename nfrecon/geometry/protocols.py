@@ -167,6 +167,21 @@ class Protocol:
         )
 
     # ------------------------------------------------------------------ simulation
+    def memory_bytes(self, oversample: int = 1) -> float:
+        """Rough peak memory (bytes) of simulating one scan of this protocol: about four float32
+        copies of the volume (on a grid ``oversample`` times finer per axis) and of the
+        projection stack, plus the projector's working chunk (about 256 MiB)."""
+        views = self.n_views if self.views is None else len(self.views)
+        voxels = float(np.prod(self.vol_shape, dtype=np.float64)) * oversample**3
+        pixels = float(views) * self.det_shape[0] * self.det_shape[1]
+        return 4 * 4 * (voxels + pixels) + 256 * 2**20
+
+    def sizes(self, oversample: int = 1) -> str:
+        """'grid NxNxN, projections VxRxC' (the sizes that drive :meth:`memory_bytes`)."""
+        views = self.n_views if self.views is None else len(self.views)
+        grid = "x".join(str(n * oversample) for n in self.vol_shape)
+        return f"grid {grid}, projections {views}x{self.det_shape[0]}x{self.det_shape[1]}"
+
     def fov_radius(self) -> float:
         """Radius (mm) about the rotation axis seen by every view (central detector row)."""
         return self.cone_geometry().fov_radius()
