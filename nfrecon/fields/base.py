@@ -52,6 +52,14 @@ class VoxelField(BoxField):
         return mu.reshape(points.shape[:-1]) * inside
 
 
+def use_backend(module: nn.Module, backend: str) -> None:
+    """Set the implementation ('torch', 'cpp', 'cuda'; :mod:`nfrecon.ops.backend`) of every
+    submodule of ``module`` that has a choice (hash-grid encodings, NAF fields' march)."""
+    for sub in module.modules():
+        if hasattr(sub, "backend"):
+            sub.backend = backend
+
+
 def field_device_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype]:
     """Device and floating dtype of a field's first floating parameter or buffer (CPU float32 if none)."""
     for t in (*module.parameters(), *module.buffers()):

@@ -42,6 +42,7 @@ from nfrecon.fields.base import BoxField
 from nfrecon.fields.hashgrid import HashGridConfig, HashGridEncoding
 from nfrecon.fields.mlp import MLP, MLPConfig, mu_range, start_output_at
 from nfrecon.geometry.volume import VolumeGeometry
+from nfrecon.ops.mlp import hidden_activation, output_activation
 
 
 @dataclass(frozen=True)
@@ -108,17 +109,17 @@ class Backbone(nn.Module):
             film = film.split([w for w in widths for _ in range(2)], dim=-1)
         x = self.encoder(u)
         h = x
-        mlp, last = self.mlp, len(self.mlp.layers) - 1
-        for i, layer in enumerate(mlp.layers):
-            if i in mlp.cfg.skips:
+        mlp, last = self.mlp.cfg, len(self.mlp.layers) - 1
+        for i, layer in enumerate(self.mlp.layers):
+            if i in mlp.skips:
                 h = torch.cat([x, h], dim=-1)
             h = layer(h)
             if i == last:
-                h = mlp.out_act(h)
+                h = output_activation(mlp.out_activation, h)
             else:
                 if film is not None:
                     h = h * (1 + film[2 * i]) + film[2 * i + 1]
-                h = mlp.act(h)
+                h = hidden_activation(mlp.activation, h)
         return h[..., 0] * self.mu_max
 
     @torch.no_grad()

@@ -1,4 +1,7 @@
-"""Small fully connected networks for neural fields (NAF style, with an input skip)."""
+"""Small fully connected networks for neural fields (NAF style, with an input skip).
+
+The module holds the parameters; :func:`nfrecon.ops.mlp.mlp_forward` is the computation.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +12,7 @@ import torch
 from torch import nn
 
 from nfrecon.errors import InputError
-
-ACTIVATIONS = {"leaky_relu": nn.LeakyReLU, "relu": nn.ReLU}
-OUT_ACTIVATIONS = {"sigmoid": nn.Sigmoid, "softplus": nn.Softplus, "none": nn.Identity}
+from nfrecon.ops.mlp import ACTIVATIONS, OUT_ACTIVATIONS, mlp_forward
 
 
 @dataclass(frozen=True)
@@ -57,18 +58,18 @@ class MLP(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.layers = nn.ModuleList(nn.Linear(fi, fo) for fi, fo in cfg.layer_shapes(in_dim, out_dim))
-        self.act = ACTIVATIONS[cfg.activation]()
-        self.out_act = OUT_ACTIVATIONS[cfg.out_activation]()
+
+    @property
+    def weights(self) -> list[torch.Tensor]:
+        return [layer.weight for layer in self.layers]
+
+    @property
+    def biases(self) -> list[torch.Tensor]:
+        return [layer.bias for layer in self.layers]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x
-        last = len(self.layers) - 1
-        for i, layer in enumerate(self.layers):
-            if i in self.cfg.skips:
-                h = torch.cat([x, h], dim=-1)
-            h = layer(h)
-            h = self.act(h) if i < last else self.out_act(h)
-        return h
+        c = self.cfg
+        return mlp_forward(x, self.weights, self.biases, c.skips, c.activation, c.out_activation)
 
 
 def mu_range(mu_max: float, owner: str) -> torch.Tensor:

@@ -21,6 +21,7 @@ from nfrecon.fields.base import BoxField
 from nfrecon.fields.hashgrid import HashGridConfig, HashGridEncoding
 from nfrecon.fields.mlp import MLP, MLPConfig, mu_range, start_output_at
 from nfrecon.geometry.volume import VolumeGeometry
+from nfrecon.ops.naf_march import MarchGeometry, NAFMarchField, naf_march
 
 
 @dataclass(frozen=True)
@@ -41,15 +42,40 @@ class NAFField(BoxField):
     Points outside the box take the value at the nearest box point (the encoding clamps).
     """
 
-    def __init__(self, cfg: NAFFieldConfig, vol_geom: VolumeGeometry, mu_max: float):
+    def __init__(self, cfg: NAFFieldConfig, vol_geom: VolumeGeometry, mu_max: float, backend: str = "torch"):
         super().__init__(vol_geom)
         self.cfg = cfg
-        self.encoder = HashGridEncoding(cfg.encoder)
+        self.encoder = HashGridEncoding(cfg.encoder, backend)
         self.mlp = MLP(cfg.encoder.n_output_dims, 1, cfg.mlp)
         self.register_buffer("mu_max", mu_range(mu_max, "NAF field"))
 
+    @property
+    def backend(self) -> str:
+        """'torch', 'cpp' or 'cuda' (:mod:`nfrecon.ops.backend`): the encoder's, and the march's."""
+        return self.encoder.backend
+
+    @backend.setter
+    def backend(self, name: str) -> None:
+        self.encoder.backend = name
+
     def forward(self, points: torch.Tensor) -> torch.Tensor:
         return self.mlp(self.encoder(self.to_unit(points)))[..., 0] * self.mu_max
+
+    @property
+    def fused_march(self):
+        """:meth:`march` for the renderer, or None with the tcnn backend (no fused march: the
+        renderer then samples points and calls the field)."""
+        return None if self.backend == "tcnn" else self.march
+
+    def march(self, geom: MarchGeometry, rays: torch.Tensor, offsets: torch.Tensor | None) -> torch.Tensor:
+        """Line integrals (R,) along ``rays`` in one fused op (see :func:`nfrecon.ops.naf_march.naf_march`)."""
+        c = self.cfg.mlp
+        spec = NAFMarchField(
+            self.cfg.encoder, c.skips, c.activation, c.out_activation,
+            tuple(self.vol_geom.box_min), tuple(self.vol_geom.size), float(self.mu_max),
+        )
+        m = self.mlp
+        return naf_march(geom, spec, rays, offsets, self.encoder.table, m.weights, m.biases, self.backend)
 
     @torch.no_grad()
     def start_near(self, mu0: float) -> None:

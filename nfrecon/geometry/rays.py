@@ -70,27 +70,42 @@ def ray_box(
     return torch.where(hit, t_near, 0.0), torch.where(hit, t_far, 0.0)
 
 
+def stratified_offsets(
+    n_rays: int,
+    n_samples: int,
+    jitter: bool = True,
+    generator: torch.Generator | None = None,
+    device=None,
+    dtype=torch.float32,
+) -> torch.Tensor:
+    """Position of each sample within its bin, in [0, 1): uniform draws (n_rays, N) when
+    jittered, else the midpoints 0.5 as a (1, N) row. The one place ray jitter is drawn."""
+    if jitter:
+        return torch.rand(n_rays, n_samples, device=device, dtype=dtype, generator=generator)
+    return torch.full((1, n_samples), 0.5, device=device, dtype=dtype)
+
+
 def stratified_samples(
     t_near: torch.Tensor,
     t_far: torch.Tensor,
     n_samples: int,
     jitter: bool = True,
     generator: torch.Generator | None = None,
+    offsets: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``n_samples`` positions per ray between entry and exit, one per equal bin.
 
     Returns ``t`` (R, N) and the bin length ``dt`` (R, 1) in mm (0 for rays that miss).
     With ``jitter`` each sample is uniform within its bin (an unbiased estimate of the
     line integral ``sum(mu(t) * dt)``); without, samples sit at the bin midpoints.
+    ``offsets`` (from :func:`stratified_offsets`) replaces the draw.
     """
     length = (t_far - t_near).clamp(min=0.0)[:, None]
     dt = length / n_samples
     k = torch.arange(n_samples, device=t_near.device, dtype=t_near.dtype)[None]
-    if jitter:
-        offset = torch.rand(t_near.shape[0], n_samples, device=t_near.device, dtype=t_near.dtype, generator=generator)
-    else:
-        offset = torch.full((1, n_samples), 0.5, device=t_near.device, dtype=t_near.dtype)
-    return t_near[:, None] + (k + offset) * dt, dt
+    if offsets is None:
+        offsets = stratified_offsets(t_near.shape[0], n_samples, jitter, generator, t_near.device, t_near.dtype)
+    return t_near[:, None] + (k + offsets) * dt, dt
 
 
 def packed_step_samples(

@@ -6,6 +6,10 @@ is clipped to the volume box and cut into ``n_samples`` equal bins; the predicte
 integral is ``sum(mu(t_k) * dt)`` with one sample per bin, at a uniformly random position
 in its bin when jittered (stratified sampling: an unbiased estimate of the integral) or
 at the bin midpoint otherwise.
+
+A field whose ``fused_march`` is a callable ``(geometry, rays, offsets) -> (R,)`` (the NAF
+field) renders itself in one op; it receives the same jitter draws the generic path would use, so both paths
+give the same line integrals for the same generator state.
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ from typing import Callable
 import torch
 
 from nfrecon.geometry.cone import ConeGeometry
-from nfrecon.geometry.rays import geometry_tensors, pixel_rays, ray_box, stratified_samples
+from nfrecon.geometry.rays import pixel_rays, ray_box, stratified_offsets, stratified_samples
 from nfrecon.geometry.volume import VolumeGeometry
+from nfrecon.ops.naf_march import MarchGeometry
 
 Field = Callable[[torch.Tensor], torch.Tensor]
 
@@ -31,13 +36,13 @@ class RayMarcher:
         self.vol_geom = vol_geom
         self.n_samples = int(n_samples)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self._tensors = geometry_tensors(geom, self.device)
+        self.march_geom = MarchGeometry.make(geom, vol_geom, self.n_samples, self.device)
 
     def samples(
         self, flat_index: torch.Tensor, jitter: bool = True, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample points (R, N, 3) world mm and bin lengths dt (R, 1) mm for the given rays."""
-        o, d = pixel_rays(self.geom, flat_index.to(self.device), self._tensors, dtype=torch.float32)
+        o, d = pixel_rays(self.geom, flat_index.to(self.device), self.march_geom.tensors, dtype=torch.float32)
         t_near, t_far = ray_box(o, d, self.vol_geom.box_min, self.vol_geom.box_max)
         t, dt = stratified_samples(t_near, t_far, self.n_samples, jitter=jitter, generator=generator)
         return o[:, None, :] + t[..., None] * d[:, None, :], dt
@@ -50,6 +55,13 @@ class RayMarcher:
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Predicted line integrals (R,) of ``field`` along the rays ``flat_index`` (R,)."""
+        march = getattr(field, "fused_march", None)
+        if march is not None:
+            rays = flat_index.to(self.device)
+            offsets = None
+            if jitter:
+                offsets = stratified_offsets(len(rays), self.n_samples, True, generator, self.device, torch.float32)
+            return march(self.march_geom, rays, offsets)
         points, dt = self.samples(flat_index, jitter, generator)
         mu = field(points)
         return (mu * dt).sum(dim=-1)

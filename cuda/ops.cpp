@@ -1,0 +1,18 @@
+// The op schemas of every nfrecon kernel, registered once. The CPU launchers (*_cpu.cpp, in
+// the same library) and the CUDA launchers (*_cuda.cu, a second library loaded after this
+// one) add their implementations for the CPU and CUDA dispatch keys, so that one
+// torch.autograd.Function (nfrecon/ops/<kernel>/function.py) serves both devices.
+//
+// Argument packing (see cuda/args.h): grid = [log2_hashmap_size, n_features, n_levels,
+// res..., dense..., offset...]; mlp = [activation, out_activation, skip flag per layer];
+// box = [lo, hi, field_min, field_size] (mm, z y x); march = [det_rows, det_cols, n_samples].
+#include <torch/library.h>
+
+TORCH_LIBRARY(nfrecon, m) {
+  m.def("hashgrid_forward(Tensor points, Tensor table, int[] grid) -> Tensor");
+  m.def("hashgrid_backward(Tensor grad, Tensor points, Tensor table, int[] grid, bool points_grad) -> (Tensor, Tensor)");
+  m.def("naf_march_forward(Tensor rays, Tensor geometry, Tensor offsets, Tensor table, Tensor[] weights, "
+        "Tensor[] biases, int[] grid, int[] mlp, float[] box, float mu_max, int[] march) -> Tensor");
+  m.def("naf_march_backward(Tensor grad, Tensor rays, Tensor geometry, Tensor offsets, Tensor table, "
+        "Tensor[] weights, Tensor[] biases, int[] grid, int[] mlp, float[] box, float mu_max, int[] march) -> Tensor[]");
+}
