@@ -1,5 +1,8 @@
 """CI runs exactly the README's test command."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -13,3 +16,16 @@ def test_ci_runs_the_readme_test_command_verbatim():
     assert "pytest" in command and "pip install" in command
     ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
     assert ci[-1] == command
+
+
+def test_missing_real_data_fails_in_ci_and_skips_elsewhere(tmp_path):
+    test = "tests/test_projector.py::test_matches_rtk_joseph_on_real_ct"
+    env = {**os.environ, "NFRECON_DATA": str(tmp_path / "absent")}
+    env.pop("PYTEST_XDIST_WORKER", None)
+    outcomes = {}
+    for ci in ("true", ""):
+        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", test],
+                              cwd=ROOT, env={**env, "CI": ci}, capture_output=True, text=True, check=False)
+        outcomes[ci] = (done.returncode, done.stdout)
+    assert outcomes["true"][0] == 1 and "CI=true: real CT data not present" in outcomes["true"][1]
+    assert outcomes[""][0] == 0 and "1 skipped" in outcomes[""][1]

@@ -108,23 +108,23 @@ def test_evaluate_labels_every_number():
 
 
 @pytest.mark.parametrize(
-    "call",
+    "call, message",
     [
-        lambda x, gt: psnr(x[:-1], gt),
-        lambda x, gt: ssim3d(np.where(x > 0.5, np.nan, x), gt),
-        lambda x, gt: ssim_slices(x, np.where(gt > 0.5, np.inf, gt)),
-        lambda x, gt: psnr(x, gt, data_range=0.0),
-        lambda x, gt: evaluate(x, gt, data_range=-1.0),
-        lambda x, gt: psnr(x, gt, data_range=float("nan")),
-        lambda x, gt: psnr(x, -gt),  # default data range max(gt) <= 0
-        lambda x, gt: ssim3d(x[:, :, :6], gt[:, :, :6]),  # smaller than the window
-        lambda x, gt: ssim3d(x[0], gt[0]),  # not 3D
-        lambda x, gt: ssim3d(x, gt, window=6),
+        (lambda x, gt: psnr(x[:-1], gt), r"x and gt shapes differ: \(19, 23, 17\) vs \(20, 23, 17\)"),
+        (lambda x, gt: ssim3d(np.where(x > 0.5, np.nan, x), gt), "x contains NaN or Inf"),
+        (lambda x, gt: ssim_slices(x, np.where(gt > 0.5, np.inf, gt)), "gt contains NaN or Inf"),
+        (lambda x, gt: psnr(x, gt, data_range=0.0), "data_range must be finite and > 0, got data_range = 0;"),
+        (lambda x, gt: evaluate(x, gt, data_range=-1.0), "data_range must be finite and > 0, got data_range = -1;"),
+        (lambda x, gt: psnr(x, gt, data_range=float("nan")), "got data_range = nan;"),
+        (lambda x, gt: psnr(x, -gt), r"got max\(gt\) = -"),  # default data range max(gt) <= 0
+        (lambda x, gt: ssim3d(x[:, :, :6], gt[:, :, :6]), "smaller than the 7-voxel SSIM window"),
+        (lambda x, gt: ssim3d(x[0], gt[0]), r"expected a 3D volume \[z, y, x\], got shape \(23, 17\)"),
+        (lambda x, gt: ssim3d(x, gt, window=6), "window must be an odd integer >= 3, got 6"),
     ],
 )
-def test_bad_input_raises_input_error(call):
+def test_bad_input_raises_input_error(call, message):
     x, gt = _random_pair(3)
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match=f"^metrics: .*{message}"):
         call(x, gt)
 
 

@@ -82,17 +82,19 @@ def test_compare_preview_rows_share_one_window(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "call",
+    "call, message",
     [
-        lambda p: save_preview(p, np.zeros((4, 4))),
-        lambda p: save_preview(p, np.zeros((4, 5, 6)), VolumeGeometry((4, 5, 7))),
-        lambda p: save_preview(p, np.zeros((4, 5, 6)), vmin=1, vmax=0),
-        lambda p: compare_preview(p, {"a": np.zeros((4, 5, 6)), "b": np.zeros((4, 5, 5))}),
-        lambda p: compare_preview(p, {}),
+        (lambda p: save_preview(p, np.zeros((4, 4))), r"must be a non-empty 3D volume \[z, y, x\], got shape \(4, 4\)"),
+        (lambda p: save_preview(p, np.zeros((4, 5, 6)), VolumeGeometry((4, 5, 7))),
+         r"volume shape \(4, 5, 6\) differs from vol_geom shape \(4, 5, 7\)"),
+        (lambda p: save_preview(p, np.zeros((4, 5, 6)), vmin=1, vmax=0), "needs finite vmin < vmax, got vmin=1, vmax=0"),
+        (lambda p: compare_preview(p, {"a": np.zeros((4, 5, 6)), "b": np.zeros((4, 5, 5))}),
+         r"volume 'b' has shape \(4, 5, 5\), expected \(4, 5, 6\)"),
+        (lambda p: compare_preview(p, {}), "volumes is empty"),
     ],
 )
-def test_preview_bad_input(tmp_path, call):
-    with pytest.raises(InputError):
+def test_preview_bad_input(tmp_path, call, message):
+    with pytest.raises(InputError, match=message):
         call(tmp_path / "x.png")
     assert list(tmp_path.iterdir()) == []
 
@@ -144,5 +146,5 @@ def test_progress_bar_counts_and_format_duration(capsys):
     assert format_duration(12.34) == "12.3 s"
     assert format_duration(125) == "2 min 05 s"
     assert format_duration(3723) == "1 h 02 min"
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="seconds must be >= 0, got -1"):
         format_duration(-1)
