@@ -12,7 +12,6 @@ import pytest
 from nfrecon.cli import main
 
 
-
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory):
     d = tmp_path_factory.mktemp("cli")
@@ -91,7 +90,7 @@ def test_bad_input_one_line_error_exit_2_no_output(tmp_path, cli, argv, message)
     (tmp_path / "neg.yaml").write_text("name: neg\nsod: -500\nsdd: 1000\ndet_shape: [8, 8]\npixel_size: [2, 2]\n"
                                        "n_views: 4\narc_deg: 200\nvol_shape: [8, 8, 8]\nvoxel_size: [2, 2, 2]\n")
     before = sorted(p.name for p in tmp_path.iterdir())
-    code, out, err = cli(*(a.format(d=tmp_path) for a in argv))
+    code, _, err = cli(*(a.format(d=tmp_path) for a in argv))
     assert code == 2
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and message in lines[0]
@@ -150,7 +149,8 @@ def test_read_only_folder_is_refused_in_one_line(sim, tmp_path, argv):
     ro.mkdir()
     ro.chmod(0o555)
     done = subprocess.run([sys.executable, "-m", "nfrecon", *(a.format(ro=ro, scan=sim / "scan.h5") for a in argv)],
-                          capture_output=True, text=True, preexec_fn=_without_root_overrides if os.geteuid() == 0 else None)
+                          capture_output=True, text=True, check=False,
+                          preexec_fn=_without_root_overrides if os.geteuid() == 0 else None)
     lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert done.returncode == 2 and len(lines) == 1 and f"{ro} is not writable" in lines[0], done.stderr
     assert "Traceback" not in done.stderr and list(ro.iterdir()) == []
@@ -179,7 +179,7 @@ def test_help_reads_well(cli, capsys):
 
 
 def test_console_script_entry_point():
-    done = subprocess.run([sys.executable, "-m", "nfrecon", "--help"], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "nfrecon", "--help"], capture_output=True, text=True, check=False)
     assert done.returncode == 0 and "nfrecon <command>" in done.stdout
-    done = subprocess.run([sys.executable, "-m", "nfrecon", "frobnicate"], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "nfrecon", "frobnicate"], capture_output=True, text=True, check=False)
     assert done.returncode == 2 and "unknown command" in done.stderr

@@ -204,7 +204,7 @@ def test_diverging_parameters_roll_back_and_never_replace_a_good_checkpoint(scan
     # while the loss of that step, computed before the update, is finite; such a state was
     # checkpointed at step 8 over the good checkpoint of step 4.
     with pytest.raises(InputError, match="the fit diverged at step"), \
-            pytest.warns(UserWarning, match="predicted line integrals became non-finite at step 7: rolled back"):
+            pytest.warns(UserWarning, match=r"became (nan|non-finite) at step \d+: rolled back"):
         run_fit(_cfg(scan_file, tmp_path / "run", steps=12, optim=OptimConfig(lr=3e37)), resume=True)
     assert ckpt.read_bytes() == good
 

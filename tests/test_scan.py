@@ -19,16 +19,16 @@ GT_GEOM = VolumeGeometry((4, 5, 6), (2.0, 1.5, 1.25), center=(1.0, -2.0, 3.0))
 
 def _scan(**changes) -> Scan:
     rng = np.random.default_rng(0)
-    fields = dict(
-        projections=rng.normal(size=GEOM.proj_shape).astype(np.float32),
-        geom=GEOM,
-        gt=rng.random(GT_GEOM.shape, dtype=np.float32) * 0.03,
-        gt_geom=GT_GEOM,
-        recon_geom=VolumeGeometry.cube(8, 2.5),
-        clean=rng.normal(size=GEOM.proj_shape).astype(np.float32),
-        photons=12345.5,
-        metadata={"source": "ct.nii.gz", "seed": 3, "mu": {"water": 0.0206}, "list": [1, 2.5, None]},
-    )
+    fields = {
+        "projections": rng.normal(size=GEOM.proj_shape).astype(np.float32),
+        "geom": GEOM,
+        "gt": rng.random(GT_GEOM.shape, dtype=np.float32) * 0.03,
+        "gt_geom": GT_GEOM,
+        "recon_geom": VolumeGeometry.cube(8, 2.5),
+        "clean": rng.normal(size=GEOM.proj_shape).astype(np.float32),
+        "photons": 12345.5,
+        "metadata": {"source": "ct.nii.gz", "seed": 3, "mu": {"water": 0.0206}, "list": [1, 2.5, None]},
+    }
     fields.update(changes)
     return Scan(**fields)
 
