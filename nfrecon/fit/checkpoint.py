@@ -105,7 +105,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt files
-        if "weights only load failed" in str(exc).lower():
+        if "weights only load failed" in str(exc).lower() and "global" in str(exc).lower():
             raise InputError(f"{path}: refused: the file holds Python objects other than tensors and plain data "
                              f"({_reason(exc)}); nfrecon never loads such files") from exc
         raise InputError(f"{path}: corrupt or unreadable checkpoint ({_reason(exc)})") from exc
