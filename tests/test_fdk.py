@@ -13,8 +13,8 @@ from nfrecon.errors import InputError
 from nfrecon.geometry.cone import ConeGeometry
 from nfrecon.geometry.volume import VolumeGeometry
 from nfrecon.recon.fdk import fdk
-from nfrecon.recon.rtk_reference import rtk_fdk
 from nfrecon.recon.filters import padded_length, ramp_response
+from nfrecon.recon.rtk_reference import rtk_fdk
 from nfrecon.recon.weights import angular_sampling, fan_angles, parker_weights
 
 MU = 0.02  # 1/mm
@@ -22,7 +22,7 @@ RADIUS = 40.0  # mm
 
 
 def _circular(**kw) -> ConeGeometry:
-    base = dict(sod=400.0, sdd=600.0, det_shape=(48, 64), pixel_size=2.5)
+    base = {"sod": 400.0, "sdd": 600.0, "det_shape": (48, 64), "pixel_size": 2.5}
     return ConeGeometry.circular(**{**base, **kw})
 
 
@@ -54,7 +54,7 @@ def test_parker_weights_sum_to_one_over_conjugate_rays():
     rng = np.random.default_rng(0)
     beta = rng.uniform(0, s.coverage, 2000)
     gamma = rng.uniform(-gmax, gmax, 2000)
-    w = lambda b, g: parker_weights(b, g[:, None], s.coverage)[:, 0]  # noqa: E731
+    w = lambda b, g: parker_weights(b, g[:, None], s.coverage)[:, 0]
     for conj in (beta + np.pi + 2 * gamma, beta - np.pi + 2 * gamma):  # the same line seen from the other side
         ok = (conj >= 0) & (conj <= s.coverage)
         assert ok.sum() > 100
@@ -87,16 +87,21 @@ def test_ramp_response_is_band_limited_ramp():
 def _uneven_full_circle() -> dict:
     """120 views over 360 deg, twice as dense on one half, in shuffled order."""
     deg = np.concatenate([np.linspace(0, 180, 80, endpoint=False), np.linspace(180, 360, 40, endpoint=False)])
-    return dict(angles=np.deg2rad(np.random.default_rng(1).permutation(deg)))
+    return {"angles": np.deg2rad(np.random.default_rng(1).permutation(deg))}
 
 
 @pytest.mark.rtk
+# Per-case bounds, about 3x the values measured (relative RMSE, 1 - correlation, relative mean
+# difference): 2.3e-7, 7.5e-13, 1.0e-8 (uneven full scan; equal angular weights instead would give
+# 1.5e-2) and 8.1e-4, 1.0e-5, 5.8e-4 (short scan: Hann window sampling, Parker's arc counts one
+# more step here).
 @pytest.mark.parametrize(
-    "scan, filt, hann",
-    [(_uneven_full_circle(), "ram-lak", 0.0), (dict(n_views=100, arc_deg=215.0, start_deg=-40.0), "hann", 1.0)],
+    "scan, filt, hann, bounds",
+    [(_uneven_full_circle(), "ram-lak", 0.0, (7e-7, 2.5e-12, 3e-8)),
+     ({"n_views": 100, "arc_deg": 215.0, "start_deg": -40.0}, "hann", 1.0, (2.5e-3, 3e-5, 2e-3))],
     ids=["full-uneven-ramlak", "short-hann"],
 )
-def test_matches_rtk_fdk_on_shepp_logan(rtk, scan, filt, hann):
+def test_matches_rtk_fdk_on_shepp_logan(rtk, scan, filt, hann, bounds):
     phantom = EllipsoidPhantom.shepp_logan(radius_mm=60.0)
     vg = VolumeGeometry.cube(64, 2.0)
     geom = ConeGeometry.circular(sod=400.0, sdd=600.0, det_shape=(64, 80), pixel_size=3.0, **scan)  # fan 22.6 deg
@@ -109,10 +114,10 @@ def test_matches_rtk_fdk_on_shepp_logan(rtk, scan, filt, hann):
     value_range = np.ptp(truth[inside])
     rel_rmse = np.sqrt(np.mean((ours[inside] - ref[inside]) ** 2)) / value_range
     corr = np.corrcoef(ours[inside], ref[inside])[0, 1]
-    # Measured: 2e-7 (uneven full scan; equal angular weights instead would give 1.5e-2)
-    # and 8e-4 (short scan: Hann window sampling, Parker's arc counts one more step here).
-    assert rel_rmse < 0.005 and corr > 0.999, (rel_rmse, corr)
-    assert np.mean(ours[inside]) == pytest.approx(np.mean(ref[inside]), rel=0.005)
+    mean_rel = abs(np.mean(ours[inside], dtype=np.float64) / np.mean(ref[inside], dtype=np.float64) - 1)
+    max_rel_rmse, max_decorrelation, max_mean_rel = bounds
+    assert rel_rmse < max_rel_rmse and 1 - corr < max_decorrelation, (rel_rmse, 1 - corr)
+    assert mean_rel < max_mean_rel, mean_rel
 
 
 @pytest.mark.gpu
