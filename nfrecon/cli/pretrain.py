@@ -112,6 +112,6 @@ def main(argv: list[str], prog: str) -> int:
         print(f"ran {result.steps_run} steps (to step {s['steps']}) on {s['scans']} scans in {result.seconds:.1f} s "
               f"({s['seconds_per_step'] * 1000:.1f} ms/step, {rate:.3g} {unit}/s); final loss {final}")
         if s["skipped"]:
-            print(f"skipped {len(s['skipped'])} unreadable scans (see summary.json)")
+            print(f"skipped {len(s['skipped'])} unusable scans (see summary.json)")
         print(f"outputs in {cfg.out}/: backbone.pt, checkpoint.pt, config.yaml, history.csv, summary.json, tb/")
     return 0

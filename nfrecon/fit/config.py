@@ -263,7 +263,7 @@ class PretrainConfig:
     mu_max: float = 0.0
     """Backbone output range in 1/mm (0: the largest per-scan estimate, as fit's)."""
     skip_bad: bool = False
-    """Skip unreadable scans (reported by name) instead of stopping."""
+    """Skip scans that cannot be read or used (reported by name) instead of stopping."""
     points_per_step: int = 16384
     """Voxel centres per step with --data voxels (CondCBNT: 16384)."""
     model: ConditionedModelConfig = _field(default_factory=ConditionedModelConfig)

@@ -242,8 +242,8 @@ class Pretrainer:
                 bad.append((i, str(exc)))
         bad = sorted(b for part in self.d.all_gather_object(bad) for b in part)
         if bad and not self.cfg.skip_bad:
-            more = f" ({len(bad)} unreadable scans in all)" if len(bad) > 1 else ""
-            raise InputError(f"{bad[0][1]}{more}; --skip-bad skips unreadable scans")
+            more = f" ({len(bad)} unusable scans in all)" if len(bad) > 1 else ""
+            raise InputError(f"{bad[0][1]}{more}; --skip-bad leaves out the scans that cannot be used")
         if bad and self.d.is_main:
             for _, message in bad:
                 warnings.warn(f"skipping {message}", stacklevel=2)
@@ -258,7 +258,8 @@ class Pretrainer:
         if scan.recon_geom is None:
             raise InputError(f"{path}: the scan has no reconstruction grid (recon_geometry)")
         if self.cfg.data == "voxels" and scan.gt is None:
-            raise InputError(f"{path}: --data voxels needs a ground truth in every scan, this one has none")
+            raise InputError(f"{path}: --data voxels needs a ground truth in every scan, this one has none "
+                             f"(use --data projections)")
         scan.clean = None  # not used: keep only what training reads
         return scan
 
