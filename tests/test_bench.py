@@ -11,7 +11,7 @@ from PIL import Image
 from skimage.metrics import structural_similarity
 
 from nfrecon.bench.published import PUBLISHED
-from nfrecon.bench.table import render_markdown, summarize
+from nfrecon.bench.table import summarize
 from nfrecon.cli import main
 from nfrecon.fields.conditioned import Backbone, BackboneConfig, ModulationConfig
 from nfrecon.fields.hashgrid import HashGridConfig
@@ -118,7 +118,83 @@ def test_markdown_holds_the_published_numbers_beside_ours(bench):
     doc = json.loads((bench / "results.json").read_text())
     fdk = next(r for r in doc["results"] if r["method"] == "fdk")
     assert f"| FDK | 8 | noisy | {fdk['metrics']['psnr_db']:.2f} |" in text
-    assert render_markdown(doc) == text  # re-rendered from results.json alone
+
+
+def _md_tables(text: str) -> dict[str, list[dict[str, str]]]:
+    """The markdown tables of ``text`` under their ``## `` headings: one dict per row, header -> cell."""
+    tables, heading, rows = {}, None, []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("## "):
+            heading = line[3:]
+        elif line.startswith("|"):
+            rows.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+        elif rows:
+            header, rule, *body = rows
+            assert set("".join(rule)) == {"-"} and all(len(r) == len(header) for r in body)
+            tables[heading] = [dict(zip(header, r)) for r in body]
+            rows = []
+    return tables
+
+
+def _assert_duration(cell: str, seconds: float) -> None:
+    """``cell`` ('0.42 s', '12.3 s', '2 min 05 s', '1 h 02 min') is ``seconds`` to its last digit."""
+    units = {"h": 3600, "min": 60, "s": 1}
+    words = cell.split()
+    shown = sum(float(n) * units[u] for n, u in zip(words[::2], words[1::2], strict=True))
+    last, unit = words[-2], units[words[-1]]
+    resolution = unit * 10 ** -len(last.split(".")[1]) if "." in last else unit
+    assert abs(shown - seconds) <= 0.5 * resolution + 1e-9, (cell, seconds)
+
+
+def _assert_shows(cell: str, value: float, digits: int) -> None:
+    """``cell`` is ``value`` rounded to ``digits`` decimals (read back, not re-formatted)."""
+    assert "." in cell and len(cell.split(".")[1]) == digits, cell
+    assert abs(float(cell) - value) <= 0.5 * 10**-digits + 1e-12, (cell, value)
+
+
+def _assert_memory(cell: str, memory: dict) -> None:
+    peak, rise = cell.split(" (+")
+    assert abs(int(peak) - memory["peak_rss_mb"]) <= 0.5, (cell, memory)
+    assert abs(int(rise.rstrip(")")) - (memory["peak_rss_mb"] - memory["baseline_rss_mb"])) <= 0.5, (cell, memory)
+
+
+def test_markdown_table_cells_are_the_json_records(bench):
+    """Every cell of both tables of results.md read back and checked against results.json."""
+    doc = json.loads((bench / "results.json").read_text())
+    tables = _md_tables((bench / "results.md").read_text())
+    labels = {"FDK": "fdk", "Iterative (TV)": "iterative", "NAF": "naf", "CondCBNT": "condcbnt"}
+    records = {r["method"]: r for r in doc["results"]}  # one volume: one record per method
+
+    per_volume = tables["Per volume"]
+    assert [labels[row["method"]] for row in per_volume] == ["fdk", "iterative", "naf", "condcbnt"]
+    for row in per_volume:
+        rec = records[labels[row["method"]]]
+        assert (row["volume"], row["views"], row["noise"]) == (rec["volume"], "8", "noisy")
+        _assert_shows(row["PSNR dB"], rec["metrics"]["psnr_db"], 2)
+        _assert_shows(row["SSIM 3D"], rec["metrics"]["ssim_3d"], 3)
+        _assert_shows(row["SSIM 2D (3 axes)"], rec["metrics"]["ssim_2d_mean_3axes"], 3)
+        _assert_duration(row["seconds"], rec["seconds"])
+        _assert_memory(row["peak MiB"], rec["memory"])
+
+    compared = {(labels[row["method"]], int(row["views"]), row["noise"]): row
+                for row in tables["Measured here vs published"]}
+    assert set(compared) == {(m, 8, "noisy") for m in records} | set(PUBLISHED)
+    for method, rec in records.items():  # measured at 8 views, nothing published there
+        row = compared[(method, 8, "noisy")]
+        _assert_shows(row["PSNR dB (measured)"], rec["metrics"]["psnr_db"], 2)  # one volume: no "±"
+        _assert_shows(row["SSIM (measured)"], rec["metrics"]["ssim_3d"], 3)
+        _assert_duration(row["s / volume (measured)"], rec["seconds"])
+        _assert_memory(row["peak MiB (measured)"], rec["memory"])
+        assert [row[f"{k} (published)"] for k in ("PSNR dB", "SSIM", "s / volume")] == ["-", "-", "-"]
+    for key, (psnr, ssim, seconds) in PUBLISHED.items():  # published at 50 and 400 views, not run here
+        row = compared[key]
+        assert row["PSNR dB (measured)"] == "not run" and row["SSIM (measured)"] == ""
+        _assert_shows(row["PSNR dB (published)"], psnr, 2)
+        _assert_shows(row["SSIM (published)"], ssim, 2)
+        if seconds is None:
+            assert row["s / volume (published)"] == "-"
+        else:
+            _assert_duration(row["s / volume (published)"], seconds)
 
 
 def test_summary_mean_and_sample_std_over_volumes():

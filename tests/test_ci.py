@@ -29,3 +29,18 @@ def test_missing_real_data_fails_in_ci_and_skips_elsewhere(tmp_path):
         outcomes[ci] = (done.returncode, done.stdout)
     assert outcomes["true"][0] == 1 and "CI=true: real CT data not present" in outcomes["true"][1]
     assert outcomes[""][0] == 0 and "1 skipped" in outcomes[""][1]
+
+
+def test_missing_rtk_fails_in_ci_and_skips_elsewhere(tmp_path):
+    (tmp_path / "itk").mkdir()  # an 'itk' that cannot be imported shadows the installed one
+    (tmp_path / "itk" / "__init__.py").write_text("raise ImportError('itk-rtk hidden by the test')\n")
+    test = "tests/test_fdk.py::test_matches_rtk_fdk_on_shepp_logan"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
+    env.pop("PYTEST_XDIST_WORKER", None)
+    outcomes = {}
+    for ci in ("true", ""):
+        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", test],
+                              cwd=ROOT, env={**env, "CI": ci}, capture_output=True, text=True, check=False)
+        outcomes[ci] = (done.returncode, done.stdout)
+    assert outcomes["true"][0] == 1 and "CI=true: itk-rtk is not installed" in outcomes["true"][1]
+    assert outcomes[""][0] == 0 and "2 skipped" in outcomes[""][1]
