@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from dataclasses import field as _field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 from nfrecon.errors import InputError
 from nfrecon.fields.conditioned import BackboneConfig, ModulationConfig
@@ -161,14 +161,14 @@ class CondCBNTConfig(ConditionedModelConfig):
 class FitConfig:
     """Per-scan fitting of a neural field: NAF, or CondCBNT with a pretrained backbone."""
 
-    scan: Optional[Path] = None
+    scan: Path | None = None
     """Scan file (HDF5, see docs/scan-format.md) or a NAF .pickle; none: the built-in phantom."""
     out: Path = Path("runs/fit")
     """Run folder: volume.nii.gz, preview.png, metrics.json, config.yaml, checkpoint.pt, tb/."""
     method: Literal["naf", "condcbnt"] = "naf"
     """Field to fit: 'naf' (a fresh hash grid + MLP) or 'condcbnt' (a fresh modulation
     field over the pretrained --backbone)."""
-    backbone: Optional[Path] = None
+    backbone: Path | None = None
     """Pretrained backbone (backbone.pt written by 'nfrecon pretrain'); required by condcbnt."""
     steps: int = 3000
     """Step budget (automatic stopping may end earlier)."""
