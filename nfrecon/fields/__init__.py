@@ -12,13 +12,13 @@ from nfrecon.fields.mlp import MLP, MLPConfig
 from nfrecon.fields.naf import NAFField, NAFFieldConfig
 
 __all__ = [
+    "MLP",
     "Backbone",
     "BackboneConfig",
     "BoxField",
     "ConditionedField",
     "HashGridConfig",
     "HashGridEncoding",
-    "MLP",
     "MLPConfig",
     "ModulationConfig",
     "ModulationField",

@@ -7,9 +7,9 @@ Two libraries are built from the one source tree with ``torch.utils.cpp_extensio
 - ``cuda``: the CUDA launchers ``cuda/*_cuda.cu``, compiled by ``nvcc``; it only adds CUDA
   implementations to the schemas of ``cpu``, so it is loaded after it.
 
-Each library is named after a hash of its sources and flags, so an edited kernel builds
-anew and a stale build is never loaded; builds land in torch's extension folder
-(``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``). The first build takes
+Each library is named after a hash of its sources, flags, torch and Python versions, so
+an edited kernel builds anew and a stale build is never loaded; builds land in torch's
+extension folder (``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``). The first build takes
 about a minute on 2 cores; later processes load the cached library in milliseconds.
 
 A build that cannot happen (no compiler, no ninja, no CUDA toolkit) or fails is recorded
@@ -23,6 +23,8 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,7 +57,8 @@ def sources(kind: str, root: Path | None = None) -> list[Path]:
 
 
 def _digest(kind: str, root: Path, flags: tuple[str, ...]) -> str:
-    h = hashlib.sha256(" ".join(flags).encode() + torch.__version__.encode())
+    # the library depends on the flags, this torch and this Python's ABI as well as the sources
+    h = hashlib.sha256(" ".join(flags).encode() + torch.__version__.encode() + sys.version.encode())
     headers = sorted(root.glob("*.h")) + sorted(root.glob("*.cuh")) + sorted((root / "include").rglob("*.h"))
     for path in [*sources(kind, root), *headers]:
         h.update(path.name.encode() + path.read_bytes())
@@ -72,6 +75,13 @@ class BuildResult:
 
 
 _RESULTS: dict[str, BuildResult] = {}
+
+
+def build_root() -> Path:
+    """Where builds land: ``$TORCH_EXTENSIONS_DIR``, else torch's per-user cache folder."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
 
 
 def _missing_tools(kind: str) -> str:
@@ -129,6 +139,10 @@ def _build(kind: str, root: Path) -> BuildResult:
     flags = CPU_FLAGS if kind == "cpu" else CUDA_FLAGS
     name = f"nfrecon_{kind}_{_digest(kind, root, flags)}"
     include = [str(root), str(root / "include")]
+    build = build_root() / name
+    if not (build / f"{name}.so").is_file():
+        sys.stderr.write(f"nfrecon: building the fused {kind} kernels in {build} (once per machine; about a minute)\n")
+    build.mkdir(parents=True, exist_ok=True)
     try:
         path = jit_load(
             name=name,
@@ -137,10 +151,11 @@ def _build(kind: str, root: Path) -> BuildResult:
             extra_cuda_cflags=list(CUDA_FLAGS) if kind == "cuda" else None,
             extra_ldflags=list(CPU_LDFLAGS),
             extra_include_paths=include,
+            build_directory=str(build),
             is_python_module=False,
             verbose=False,
         )
-    except Exception as exc:  # a compiler or loader failure of any kind becomes a reason
+    except (RuntimeError, OSError, ImportError, subprocess.CalledProcessError) as exc:  # build or load failed
         log = str(exc)
         if hasattr(exc, "output") and exc.output:
             log = exc.output.decode(errors="replace") if isinstance(exc.output, bytes) else str(exc.output)
