@@ -1,4 +1,7 @@
-"""Voxel projector: cone-beam forward projection and its exact adjoint (pure PyTorch).
+"""Voxel projector, torch reference: cone-beam forward projection and its exact adjoint.
+
+The semantics every backend of :class:`nfrecon.ops.projector.VoxelProjector` is tested
+against (the kernels of ``cuda/include/nfrecon/projector.h`` compute the same map).
 
 The volume is read as a continuous function on its box: the trilinear interpolant of the
 voxel values at the voxel centres, held constant from the outermost centres to the box
@@ -39,8 +42,8 @@ from nfrecon.geometry.volume import VolumeGeometry
 _BILINEAR, _BORDER = 0, 1  # grid_sampler enum values: interpolation and padding modes
 
 
-class VoxelProjector:
-    """Forward projector ``A`` and backprojector ``A^T`` for one volume grid and geometry.
+class ReferenceProjector:
+    """Forward projector ``A`` and backprojector ``A^T`` for one volume grid and geometry (torch).
 
     ``A(volume)`` maps a (nz, ny, nx) tensor of mu (1/mm) to line integrals
     (views, rows, cols); ``A.T(proj)`` maps back. Tensors may live on any device.
@@ -84,7 +87,7 @@ class VoxelProjector:
         return _Backproject.apply(proj, self)
 
     @property
-    def T(self):  # noqa: N802 - matrix-style transpose
+    def T(self):
         return self.adjoint
 
     def project_rays(self, volume: torch.Tensor, flat_index: torch.Tensor) -> torch.Tensor:
@@ -93,10 +96,20 @@ class VoxelProjector:
         Not hooked into autograd's adjoint; used to compare renderers ray by ray.
         """
         self._check_volume(volume)
-        flat_index = flat_index.to(volume.device)
-        step = self.rays_per_chunk
-        chunks = ((a, self._chunk(flat_index[a : a + step], volume.dtype)) for a in range(0, flat_index.shape[0], step))
-        return self._integrate(volume, chunks, flat_index.shape[0])
+        return self._project_rays(volume, flat_index.to(volume.device))
+
+    def adjoint_rays(self, values: torch.Tensor, flat_index: torch.Tensor) -> torch.Tensor:
+        """The transpose of :meth:`project_rays`: values (R,) of those rays -> (nz, ny, nx)."""
+        return self._adjoint_rays(values, flat_index.to(values.device))
+
+    def _project_rays(self, volume: torch.Tensor, flat_index: torch.Tensor) -> torch.Tensor:
+        return self._integrate(volume, self._index_chunks(flat_index, volume.dtype), flat_index.shape[0])
+
+    def _adjoint_rays(self, values: torch.Tensor, flat_index: torch.Tensor) -> torch.Tensor:
+        acc = torch.zeros(self.vol_geom.shape, dtype=values.dtype, device=values.device)
+        for a, chunk in self._index_chunks(flat_index, values.dtype):
+            chunk.spread(values[a : a + chunk.n_rays], acc)
+        return acc
 
     # ------------------------------------------------------------------ internals
     def _check_volume(self, volume: torch.Tensor):
@@ -109,7 +122,7 @@ class VoxelProjector:
             self._tensors[device] = geometry_tensors(self.geom, device)
         return self._tensors[device]
 
-    def _chunk(self, flat_index: torch.Tensor, dtype) -> "_Chunk":
+    def _chunk(self, flat_index: torch.Tensor, dtype) -> _Chunk:
         """The samples of the rays ``flat_index``, packed (no padding past a ray's exit).
 
         Rays and box intersections are computed in float64; the per-sample arithmetic runs
@@ -125,6 +138,11 @@ class VoxelProjector:
         d_unit = (d * scale).flip(-1).to(dtype)
         grid = torch.addcmul(o_unit[ray], t.to(dtype)[:, None], d_unit[ray])
         return _Chunk(len(dt), ray, grid, dt.to(dtype)[ray], _batches(device))
+
+    def _index_chunks(self, flat_index: torch.Tensor, dtype):
+        step = self.rays_per_chunk
+        for a in range(0, flat_index.shape[0], step):
+            yield a, self._chunk(flat_index[a : a + step], dtype)
 
     def _ray_chunks(self, device):
         n = self.geom.n_rays
