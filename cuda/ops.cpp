@@ -15,4 +15,11 @@ TORCH_LIBRARY(nfrecon, m) {
         "Tensor[] biases, int[] grid, int[] mlp, float[] box, float mu_max, int[] march) -> Tensor");
   m.def("naf_march_backward(Tensor grad, Tensor rays, Tensor geometry, Tensor offsets, Tensor table, "
         "Tensor[] weights, Tensor[] biases, int[] grid, int[] mlp, float[] box, float mu_max, int[] march) -> Tensor[]");
+  // voxel projector (cuda/include/nfrecon/projector.h): rays = flat indices (R,) or None for
+  // every ray; det = [rows, cols]; box = [lo(3), size(3)] mm; shape = [nz, ny, nx]
+  m.def("projector_forward(Tensor volume, Tensor geometry, Tensor? rays, int[] det, float[] box, float step) -> Tensor");
+  m.def("projector_adjoint(Tensor values, Tensor geometry, Tensor? rays, int[] det, float[] box, float step, "
+        "int[] shape) -> Tensor");
+  // FDK's voxel-driven backprojection (cuda/include/nfrecon/fdk.h): mats (views, 12), voxel offsets z, y, x
+  m.def("fdk_backproject(Tensor images, Tensor mats, Tensor z, Tensor y, Tensor x) -> Tensor");
 }
