@@ -10,6 +10,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <memory>
 #include <vector>
 
 namespace nfrecon {
@@ -19,6 +20,7 @@ template <typename T>
 struct BufferAcc {
   T* buf;
   void add(int64_t i, T v) { buf[i] += v; }
+  void prefetch(int64_t i) const { __builtin_prefetch(buf + i, 1, 3); }
   void axpy(int64_t base, T s, const T* __restrict__ v, int n) {
     T* __restrict__ p = buf + base;
 #pragma omp simd
@@ -27,24 +29,27 @@ struct BufferAcc {
 };
 
 // out[0, size) = sum over chunks of what body(begin, end, buffer) adds into its zeroed buffer.
+// Each chunk zeroes its own buffer on its own thread (in parallel, and first touched there).
 template <typename T, typename Body>
 void chunked_accumulate(int64_t n_items, int64_t size, T* out, Body body) {
   const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n_items));
-  std::fill(out, out + size, T(0));
   if (nt == 1) {
+    std::fill(out, out + size, T(0));
     body(int64_t(0), n_items, out);
     return;
   }
-  std::vector<T> bufs(size_t(nt - 1) * size_t(size), T(0));  // chunk 0 accumulates into out
+  std::unique_ptr<T[]> bufs(new T[size_t(nt - 1) * size_t(size)]);  // chunk 0 accumulates into out
+  T* const extra = bufs.get();
   at::parallel_for(0, nt, 1, [&](int64_t b, int64_t e) {
     for (int64_t c = b; c < e; ++c) {
-      T* buf = c == 0 ? out : bufs.data() + (c - 1) * size;
+      T* buf = c == 0 ? out : extra + (c - 1) * size;
+      std::fill(buf, buf + size, T(0));
       body(c * n_items / nt, (c + 1) * n_items / nt, buf);
     }
   });
   at::parallel_for(0, size, 1 << 14, [&](int64_t b, int64_t e) {
     for (int64_t c = 1; c < nt; ++c) {
-      const T* buf = bufs.data() + (c - 1) * size;
+      const T* buf = extra + (c - 1) * size;
       for (int64_t i = b; i < e; ++i) out[i] += buf[i];
     }
   });

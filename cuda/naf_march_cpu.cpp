@@ -1,15 +1,24 @@
-// CPU launcher of the fused NAF ray march: OpenMP loops over rays, one ray per iteration.
+// CPU launcher of the fused NAF ray march: OpenMP loops over rays, one ray per iteration, its
+// samples in blocks of kCpuBlock.
 #include <ATen/Dispatch.h>
 #include <ATen/Functions.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+// GCC's tuning for AVX-512 CPUs vectorises with 256-bit registers by default; asked to prefer
+// 512-bit ones, a 32-wide MLP row is two zmm registers (measured ~10% faster here). Affects
+// only the auto-vectorised loops of this file (no ABI change); ignored without AVX-512.
+#pragma GCC target("prefer-vector-width=512")
 #include "args.h"
 #include "cpu_parallel.h"
 #include "nfrecon/naf_march.h"
 
 namespace nfrecon {
 namespace {
+
+// Samples of a ray evaluated together (naf_march.h): 8 for width 32 (z[8][32] = 16 AVX-512
+// registers), fewer for wider MLPs, whose blocks live in L1 anyway.
+template <int W> constexpr int kCpuBlock = W <= 32 ? 8 : W <= 64 ? 4 : 2;
 
 template <typename T>
 const T* offsets_ptr(const at::Tensor& offsets, int64_t n_rays, int n_samples) {
@@ -40,7 +49,7 @@ at::Tensor naf_march_forward_cpu(const at::Tensor& rays, const at::Tensor& geome
       constexpr bool U = decltype(uniform)::value;
       at::parallel_for(0, n_rays, 8, [&](int64_t b, int64_t e) {
         for (int64_t i = b; i < e; ++i) {
-          o[i] = naf_ray_forward<scalar_t, W, U>(s, g, t, m, r[i], off != nullptr ? off + i * s.n_samples : nullptr);
+          o[i] = naf_ray_forward<scalar_t, W, U, kCpuBlock<W>, true>(s, g, t, m, r[i], off != nullptr ? off + i * s.n_samples : nullptr);
         }
       });
     });
@@ -75,7 +84,7 @@ std::vector<at::Tensor> naf_march_backward_cpu(const at::Tensor& grad, const at:
                                      BufferAcc<scalar_t> table_acc{buf};
                                      BufferAcc<scalar_t> param_acc{buf + table_size};
                                      for (int64_t i = b; i < e; ++i) {
-                                       naf_ray_backward<scalar_t, W, U>(
+                                       naf_ray_backward<scalar_t, W, U, kCpuBlock<W>, true>(
                                            s, g, t, m, r[i], off != nullptr ? off + i * s.n_samples : nullptr, gr[i],
                                            table_acc, param_acc);
                                      }

@@ -17,7 +17,7 @@ namespace {
 
 constexpr int64_t kSharedBytes = 48 * 1024;
 
-template <typename T, int W>
+template <typename T, int W, bool U>
 __global__ void naf_march_forward_kernel(MarchSpec<T> s, GridSpec g, const T* table, MLPView<T> m, const int64_t* rays,
                                          const T* offsets, T* out, int64_t n_rays) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -27,10 +27,10 @@ __global__ void naf_march_forward_kernel(MarchSpec<T> s, GridSpec g, const T* ta
   T o[3], d[3], t_near, dt;
   if (!ray_bins(s, rays[r], o, d, t_near, dt)) return;
   const T* off = offsets != nullptr ? offsets + r * s.n_samples : nullptr;
-  atomicAdd(out + r, naf_sample_forward<T, W>(s, g, table, m, o, d, t_near, dt, k, off));
+  atomicAdd(out + r, naf_sample_forward<T, W, U>(s, g, table, m, o, d, t_near, dt, k, off));
 }
 
-template <typename T, int W>
+template <typename T, int W, bool U>
 __global__ void naf_march_backward_kernel(MarchSpec<T> s, GridSpec g, const T* table, MLPView<T> m, const int64_t* rays,
                                           const T* offsets, const T* grad, T* grad_table, T* grad_params,
                                           int64_t n_params, bool shared_params, int64_t n_rays) {
@@ -49,7 +49,7 @@ __global__ void naf_march_backward_kernel(MarchSpec<T> s, GridSpec g, const T* t
       const T* off = offsets != nullptr ? offsets + r * s.n_samples : nullptr;
       AtomicAcc<T> table_acc{grad_table};
       AtomicAcc<T> param_acc{shared_params ? shared : grad_params};
-      naf_sample_backward<T, W>(s, g, table, m, o, d, t_near, dt, k, off, grad[r] * dt * s.mu_max, table_acc,
+      naf_sample_backward<T, W, U>(s, g, table, m, o, d, t_near, dt, k, off, grad[r] * dt * s.mu_max, table_acc,
                                 param_acc);
     }
   }

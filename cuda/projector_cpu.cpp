@@ -25,7 +25,7 @@ at::Tensor projector_forward_cpu(const at::Tensor& volume, const at::Tensor& geo
     const scalar_t* vol = volume.data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
     at::parallel_for(0, n, 64, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) o[i] = voxel_project_ray<scalar_t, double>(s, idx ? idx[i] : i, vol);
+      for (int64_t i = b; i < e; ++i) o[i] = voxel_project_ray<scalar_t>(s, idx ? idx[i] : i, vol);
     });
   });
   return out;

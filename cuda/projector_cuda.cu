@@ -14,7 +14,7 @@ namespace {
 template <typename T>
 __global__ void projector_forward_kernel(VoxelSpec s, const int64_t* rays, const T* vol, T* out, int64_t n) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i < n) out[i] = voxel_project_ray<T, T>(s, rays ? rays[i] : i, vol);
+  if (i < n) out[i] = voxel_project_ray<T>(s, rays ? rays[i] : i, vol);
 }
 
 template <typename T>

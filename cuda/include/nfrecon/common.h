@@ -14,6 +14,14 @@
 #define NFR_HD inline
 #endif
 
+// Full unrolling of a short loop of compile-time length (the S points of a block, mlp.h), so
+// that its per-point accumulators can live in registers.
+#if defined(__CUDACC__)
+#define NFR_UNROLL _Pragma("unroll")
+#else
+#define NFR_UNROLL _Pragma("GCC unroll 16")
+#endif
+
 namespace nfrecon {
 
 // Limits of the fused kernels (checked on the Python side before any kernel runs, so a config
@@ -37,6 +45,16 @@ template <typename T> NFR_HD T tiny_normal();
 template <> NFR_HD float tiny_normal<float>() { return 1.17549435082228750797e-38f; }
 template <> NFR_HD double tiny_normal<double>() { return 2.2250738585072013831e-308; }
 
+// A cache prefetch hint on the CPU (a no-op in CUDA builds): the CPU march computes the hash-grid
+// corners of a whole block of samples first and prefetches their table and gradient rows, so
+// that the random-access misses overlap instead of stalling one after the other.
+NFR_HD void prefetch_read(const void* p) {
+#if !defined(__CUDACC__)
+  __builtin_prefetch(p, 0, 3);
+#else
+  (void)p;
+#endif
+}
 template <typename T> NFR_HD T min2(T a, T b) { return a < b ? a : b; }
 template <typename T> NFR_HD T max2(T a, T b) { return a > b ? a : b; }
 

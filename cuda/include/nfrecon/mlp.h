@@ -88,50 +88,91 @@ template <typename T, int W, bool Uniform> NFR_HD int hidden_width(const MLPView
   return Uniform ? W : m.width[i];
 }
 
-// Forward of one point x (in_dim). Stores the hidden activations h[i] (i < n_layers - 1) for a
-// backward pass and the last layer's pre-activation z_out; returns the network output (width 1).
-template <typename T, int W, bool Uniform = false>
-NFR_HD T mlp_forward(const MLPView<T>& m, const T* x, T (*h)[W], T& z_out) {
+// Blocks of S points. The CPU launcher evaluates S consecutive samples of a ray at once, so
+// that every layer is a register-blocked micro-GEMM: each weight row is loaded once and used
+// for S points (for W = 32 and S = 8 the pre-activations z[S][W] are 16 AVX-512 registers),
+// and each parameter-gradient row is read and written once per S points (a rank-S update)
+// instead of once per point. S = 1 is the per-point code the CUDA kernels run (one thread per
+// sample); the arithmetic of each point is the same for every S (same operations, same order),
+// except that the parameter gradients of a block are summed before they reach the buffer.
+//
+// Layouts: x and grad_x hold S rows of xs elements (point s at x + s * xs); h[i][s][j].
+
+// Forward of S points x. Stores the hidden activations h[i] (i < n_layers - 1) for a backward
+// pass and the last layer's pre-activations z_out[s]; writes the network outputs y[s] (width 1).
+template <typename T, int W, bool Uniform = false, int S = 1>
+NFR_HD void mlp_forward(const MLPView<T>& m, const T* x, int xs, T (*h)[S][W], T* z_out, T* y) {
   const int last = m.n_layers - 1;
-  const T* prev = x;
-  int prev_dim = m.in_dim;
   for (int i = 0; i < last; ++i) {
     const int no = hidden_width<T, W, Uniform>(m, i);
-    T z[W];
-    for (int j = 0; j < no; ++j) z[j] = m.b[i][j];
+    T z[S][W];  // registers when Uniform and S * W fits (see above)
+    NFR_UNROLL
+    for (int p = 0; p < S; ++p)
+      for (int j = 0; j < no; ++j) z[p][j] = m.b[i][j];
     const T* wt = m.Wt[i];
-    if (i > 0 && m.skip[i]) {
-      for (int a = 0; a < m.in_dim; ++a) axpy(z, wt + a * no, no, x[a]);
+    if (i == 0 || m.skip[i]) {  // the x columns come first in cat([x, h])
+      for (int a = 0; a < m.in_dim; ++a) {
+        NFR_UNROLL
+        for (int p = 0; p < S; ++p) axpy(z[p], wt + a * no, no, x[p * xs + a]);
+      }
       wt += int64_t(m.in_dim) * no;
     }
-    for (int a = 0; a < prev_dim; ++a) axpy(z, wt + a * no, no, prev[a]);
-    for (int j = 0; j < no; ++j) h[i][j] = hidden_act(m.act, z[j]);
-    prev = h[i];
-    prev_dim = no;
+    if (i > 0) {
+      const int prev_dim = hidden_width<T, W, Uniform>(m, i - 1);
+      for (int a = 0; a < prev_dim; ++a) {
+        NFR_UNROLL
+        for (int p = 0; p < S; ++p) axpy(z[p], wt + a * no, no, h[i - 1][p][a]);
+      }
+    }
+    NFR_UNROLL
+    for (int p = 0; p < S; ++p)
+      for (int j = 0; j < no; ++j) h[i][p][j] = hidden_act(m.act, z[p][j]);
   }
   // the output layer (width 1): a dot product with its weight row
-  const T* w = m.W[last];
-  T z = m.b[last][0];
-  if (last == 0 || m.skip[last]) {
-    z += dot(w, x, m.in_dim);
-    w += m.in_dim;
+  for (int p = 0; p < S; ++p) {
+    const T* w = m.W[last];
+    T z = m.b[last][0];
+    if (last == 0 || m.skip[last]) {
+      z += dot(w, x + p * xs, m.in_dim);
+      w += m.in_dim;
+    }
+    if (last > 0) z += dot(w, h[last - 1][p], hidden_width<T, W, Uniform>(m, last - 1));
+    z_out[p] = z;
+    y[p] = out_act_value(m.out_act, z);
   }
-  if (last > 0) z += dot(w, prev, prev_dim);
-  z_out = z;
-  return out_act_value(m.out_act, z);
 }
 
-// Backward of one point given dL/d(output) g_out: adds the gradients of every W_i and b_i
-// through `acc` (acc.axpy(base, s, vec, n): buf[base + a] += s * vec[a]; acc.add(i, v)) and
-// writes dL/dx into grad_x (in_dim, overwritten).
-template <typename T, int W, bool Uniform, typename Acc>
-NFR_HD void mlp_backward(const MLPView<T>& m, const T* x, const T (*h)[W], T z_out, T y, T g_out, Acc& acc,
-                         T* grad_x) {
+// acc[base + a] += sum_p c[p * cs] * v[p * vs + a] for a < n: one row of a parameter gradient,
+// summed over the S points of a block in registers first (for S = 1 exactly acc.axpy).
+template <typename T, int S, typename Acc>
+NFR_HD void acc_rank(Acc& acc, int64_t base, const T* c, int cs, const T* v, int vs, int n) {
+  if constexpr (S == 1) {
+    acc.axpy(base, c[0], v, n);
+  } else {
+#if !defined(__CUDACC__)
+#pragma omp simd
+#endif
+    for (int a = 0; a < n; ++a) {
+      T t = c[0] * v[a];
+      NFR_UNROLL
+      for (int p = 1; p < S; ++p) t += c[p * cs] * v[p * vs + a];
+      acc.add(base + a, t);
+    }
+  }
+}
+
+// Backward of S points given dL/d(output) g_out (the same for all of them): adds the gradients
+// of every W_i and b_i through `acc` (acc.axpy(base, s, vec, n): buf[base + a] += s * vec[a];
+// acc.add(i, v)) and writes dL/dx into grad_x (S rows of xs, overwritten).
+template <typename T, int W, bool Uniform, int S, typename Acc>
+NFR_HD void mlp_backward(const MLPView<T>& m, const T* x, int xs, const T (*h)[S][W], const T* z_out, const T* y,
+                         T g_out, Acc& acc, T* grad_x) {
   const int last = m.n_layers - 1;
-  for (int a = 0; a < m.in_dim; ++a) grad_x[a] = T(0);
-  T g[W];   // dL/dz of the current layer
-  T gp[W];  // dL/dh of the previous layer
-  g[0] = g_out * out_act_grad(m.out_act, z_out, y);
+  for (int p = 0; p < S; ++p)
+    for (int a = 0; a < m.in_dim; ++a) grad_x[p * xs + a] = T(0);
+  T g[S][W];   // dL/dz of the current layer
+  T gp[S][W];  // dL/dh of the previous layer
+  for (int p = 0; p < S; ++p) g[p][0] = g_out * out_act_grad(m.out_act, z_out[p], y[p]);
   for (int i = last; i >= 0; --i) {
     const int no = i == last ? 1 : hidden_width<T, W, Uniform>(m, i);
     const int fan = m.fan_in[i];
@@ -140,19 +181,30 @@ NFR_HD void mlp_backward(const MLPView<T>& m, const T* x, const T (*h)[W], T z_o
     const int x_cols = has_x ? m.in_dim : 0;
     const T* w = m.W[i];
     for (int j = 0; j < no; ++j) {
-      const T gj = g[j];
       const int64_t row = m.w_offset[i] + int64_t(j) * fan;
-      if (has_x) acc.axpy(row, gj, x, m.in_dim);
-      if (i > 0) acc.axpy(row + x_cols, gj, h[i - 1], prev_dim);
-      acc.add(m.b_offset[i] + j, gj);
+      if (has_x) acc_rank<T, S>(acc, row, &g[0][j], W, x, xs, m.in_dim);
+      if (i > 0) acc_rank<T, S>(acc, row + x_cols, &g[0][j], W, &h[i - 1][0][0], W, prev_dim);
+      T gb = g[0][j];
+      for (int p = 1; p < S; ++p) gb += g[p][j];
+      acc.add(m.b_offset[i] + j, gb);
     }
     if (has_x) {
-      for (int j = 0; j < no; ++j) axpy(grad_x, w + int64_t(j) * fan, m.in_dim, g[j]);
+      for (int j = 0; j < no; ++j) {
+        NFR_UNROLL
+        for (int p = 0; p < S; ++p) axpy(grad_x + p * xs, w + int64_t(j) * fan, m.in_dim, g[p][j]);
+      }
     }
     if (i == 0) break;
-    for (int a = 0; a < prev_dim; ++a) gp[a] = T(0);
-    for (int j = 0; j < no; ++j) axpy(gp, w + int64_t(j) * fan + x_cols, prev_dim, g[j]);
-    for (int a = 0; a < prev_dim; ++a) g[a] = gp[a] * hidden_act_grad(m.act, h[i - 1][a]);
+    NFR_UNROLL
+    for (int p = 0; p < S; ++p)
+      for (int a = 0; a < prev_dim; ++a) gp[p][a] = T(0);
+    for (int j = 0; j < no; ++j) {
+      NFR_UNROLL
+      for (int p = 0; p < S; ++p) axpy(gp[p], w + int64_t(j) * fan + x_cols, prev_dim, g[p][j]);
+    }
+    NFR_UNROLL
+    for (int p = 0; p < S; ++p)
+      for (int a = 0; a < prev_dim; ++a) g[p][a] = gp[p][a] * hidden_act_grad(m.act, h[i - 1][p][a]);
   }
 }
 

@@ -67,69 +67,120 @@ NFR_HD VoxelRay<T> voxel_ray(const VoxelSpec& s, int64_t flat) {
   return r;
 }
 
-// Border-clamped linear interpolation along one axis: corners i0 <= i1 (equal at a face)
-// and the weight w of i1. Matches grid_sample (border, align_corners=False): clip the
-// index coordinate to [0, n - 1], then floor.
+// Loop pragmas of the CPU build (ignored by nvcc): the per-sample loops below are written so
+// that g++ vectorises them (-march=native: AVX2/AVX-512 gathers of the 8 corners).
+#if defined(__CUDACC__)
+#define NFR_SIMD
+#define NFR_SIMD_SUM
+#else
+#define NFR_SIMD _Pragma("omp simd")
+#define NFR_SIMD_SUM _Pragma("omp simd reduction(+ : acc)")
+#endif
+
+// Samples whose corners the transpose computes together before it scatters them.
+constexpr int kVoxelBlock = 16;
+
+// Border-clamped linear interpolation along one axis of n voxels (stride elements apart):
+// lower corner i0 (an element offset i0 * stride), the offset to the upper corner (0 at the
+// last centre, where the upper weight is 0 anyway) and the weight w of the upper corner.
+// Matches grid_sample (border, align_corners=False): clip the index coordinate to [0, n - 1],
+// then floor. A NaN position clips to 0.
 template <typename T>
-NFR_HD void border_corners(T x, int n, int& i0, int& i1, T& w) {
+NFR_HD void border_axis(T x, int n, int stride, int& offset, int& step, T& w) {
   x = min2(max2(x, T(0)), T(n - 1));
   const T f = floor(x);
-  i0 = int(f);
+  const int i0 = int(f);
   w = x - f;
-  i1 = min2(i0 + 1, n - 1);
+  offset = i0 * stride;
+  step = i0 < n - 1 ? stride : 0;
 }
 
-// The 8 corner offsets (flat, into a [z, y, x] volume) and trilinear weights of position p.
+// The trilinear stencil of index position (z, y, x): the flat offset of the lower corner, the
+// offsets to the upper corner along z, y, x and the upper weights. Corner c = (cz, cy, cx)
+// (bits 2, 1, 0) is at base + cz * sz + cy * sy + cx * sx with weight
+// (cz ? wz : 1 - wz) * (cy ? wy : 1 - wy) * (cx ? wx : 1 - wx).
 template <typename T>
-NFR_HD void trilinear(const int n[3], const T p[3], int64_t idx[8], T wt[8]) {
-  int z0, z1, y0, y1, x0, x1;
+struct Stencil {
+  int base, sz, sy, sx;
   T wz, wy, wx;
-  border_corners(p[0], n[0], z0, z1, wz);
-  border_corners(p[1], n[1], y0, y1, wy);
-  border_corners(p[2], n[2], x0, x1, wx);
-  const int64_t sy = n[2], sz = int64_t(n[1]) * n[2];
-  const int64_t a = z0 * sz, b = z1 * sz;
-  const int64_t c = y0 * sy, e = y1 * sy;
-  idx[0] = a + c + x0; idx[1] = a + c + x1; idx[2] = a + e + x0; idx[3] = a + e + x1;
-  idx[4] = b + c + x0; idx[5] = b + c + x1; idx[6] = b + e + x0; idx[7] = b + e + x1;
-  const T uz = T(1) - wz, uy = T(1) - wy, ux = T(1) - wx;
-  wt[0] = uz * uy * ux; wt[1] = uz * uy * wx; wt[2] = uz * wy * ux; wt[3] = uz * wy * wx;
-  wt[4] = wz * uy * ux; wt[5] = wz * uy * wx; wt[6] = wz * wy * ux; wt[7] = wz * wy * wx;
+};
+
+template <typename T>
+NFR_HD Stencil<T> stencil(const int n[3], T z, T y, T x) {
+  Stencil<T> st;
+  int oz, oy, ox;
+  border_axis(z, n[0], n[1] * n[2], oz, st.sz, st.wz);
+  border_axis(y, n[1], n[2], oy, st.sy, st.wy);
+  border_axis(x, n[2], 1, ox, st.sx, st.wx);
+  st.base = oz + oy + ox;
+  return st;
 }
 
-// Line integral of one ray (A x for one pixel). A is the accumulator type (double on the
-// CPU: the sum over a ray's ~n samples then carries no float32 rounding growth).
-template <typename T, typename A>
+// The 8 trilinear weights of a stencil, corner order as above (x fastest).
+template <typename T>
+NFR_HD void stencil_weights(const Stencil<T>& st, T w[8]) {
+  const T uz = T(1) - st.wz, uy = T(1) - st.wy, ux = T(1) - st.wx;
+  const T a = uz * uy, b = uz * st.wy, c = st.wz * uy, d = st.wz * st.wy;
+  w[0] = a * ux; w[1] = a * st.wx; w[2] = b * ux; w[3] = b * st.wx;
+  w[4] = c * ux; w[5] = c * st.wx; w[6] = d * ux; w[7] = d * st.wx;
+}
+
+// Line integral of one ray (A x for one pixel). vol holds at most 2^31 - 1 voxels (int
+// offsets; checked on the Python side).
+template <typename T>
 NFR_HD T voxel_project_ray(const VoxelSpec& s, int64_t flat, const T* __restrict__ vol) {
   const VoxelRay<T> r = voxel_ray<T>(s, flat);
-  A acc = A(0);
+  T acc = T(0);
+  NFR_SIMD_SUM
   for (int k = 0; k < r.n_bins; ++k) {
-    const T p[3] = {r.p0[0] + T(k) * r.dp[0], r.p0[1] + T(k) * r.dp[1], r.p0[2] + T(k) * r.dp[2]};
-    int64_t idx[8];
-    T wt[8];
-    trilinear(s.n, p, idx, wt);
-    T v = T(0);
-    NFR_UNROLL
-    for (int c = 0; c < 8; ++c) v += wt[c] * vol[idx[c]];
-    acc += A(v);
+    const Stencil<T> st = stencil(s.n, r.p0[0] + T(k) * r.dp[0], r.p0[1] + T(k) * r.dp[1], r.p0[2] + T(k) * r.dp[2]);
+    T w[8];
+    stencil_weights(st, w);
+    const T* v = vol + st.base;
+    const int y1 = st.sy, z1 = st.sz, zy = st.sz + st.sy;
+    acc += w[0] * v[0] + w[1] * v[st.sx] + w[2] * v[y1] + w[3] * v[y1 + st.sx] +
+           w[4] * v[z1] + w[5] * v[z1 + st.sx] + w[6] * v[zy] + w[7] * v[zy + st.sx];
   }
-  return T(acc * A(r.dt));
+  return acc * r.dt;
 }
 
 // Transpose of voxel_project_ray for one pixel value g: out[voxel] += g * dt * weight for
-// every sample; Acc is BufferAcc (CPU, per-thread buffer) or AtomicAcc (CUDA).
+// every sample; Acc is BufferAcc (CPU, per-thread buffer) or AtomicAcc (CUDA). The stencils
+// of kVoxelBlock samples are computed together (vectorised), then scattered one by one.
 template <typename T, typename Acc>
 NFR_HD void voxel_backproject_ray(const VoxelSpec& s, int64_t flat, T g, Acc& out) {
   const VoxelRay<T> r = voxel_ray<T>(s, flat);
   if (r.n_bins == 0 || g == T(0)) return;
   const T gd = g * r.dt;
-  for (int k = 0; k < r.n_bins; ++k) {
-    const T p[3] = {r.p0[0] + T(k) * r.dp[0], r.p0[1] + T(k) * r.dp[1], r.p0[2] + T(k) * r.dp[2]};
-    int64_t idx[8];
-    T wt[8];
-    trilinear(s.n, p, idx, wt);
-    NFR_UNROLL
-    for (int c = 0; c < 8; ++c) out.add(idx[c], gd * wt[c]);
+  for (int k0 = 0; k0 < r.n_bins; k0 += kVoxelBlock) {
+    int base[kVoxelBlock], sz[kVoxelBlock], sy[kVoxelBlock], sx[kVoxelBlock];
+    T w[8][kVoxelBlock];
+    // samples past the ray's end are computed too (their positions clip into the volume) and
+    // not scattered
+    NFR_SIMD
+    for (int j = 0; j < kVoxelBlock; ++j) {
+      const T k = T(k0 + j);
+      const Stencil<T> st = stencil(s.n, r.p0[0] + k * r.dp[0], r.p0[1] + k * r.dp[1], r.p0[2] + k * r.dp[2]);
+      T wj[8];
+      stencil_weights(st, wj);
+      base[j] = st.base;
+      sz[j] = st.sz;
+      sy[j] = st.sy;
+      sx[j] = st.sx;
+      for (int c = 0; c < 8; ++c) w[c][j] = gd * wj[c];
+    }
+    const int m = min2(kVoxelBlock, r.n_bins - k0);
+    for (int j = 0; j < m; ++j) {
+      const int b = base[j], y1 = sy[j], z1 = sz[j], zy = sz[j] + sy[j], x1 = sx[j];
+      out.add(b, w[0][j]);
+      out.add(b + x1, w[1][j]);
+      out.add(b + y1, w[2][j]);
+      out.add(b + y1 + x1, w[3][j]);
+      out.add(b + z1, w[4][j]);
+      out.add(b + z1 + x1, w[5][j]);
+      out.add(b + zy, w[6][j]);
+      out.add(b + zy + x1, w[7][j]);
+    }
   }
 }
 
