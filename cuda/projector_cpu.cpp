@@ -1,10 +1,13 @@
-// CPU launcher of the voxel projector: forward projection (one task per ray) and its exact
+// CPU launcher of the voxel projector: forward projection (blocks of rays per task) and its exact
 // transpose (rays split into one chunk per thread, each scattering into a private volume
 // buffer; the buffers are added in chunk order, so the result is deterministic).
 #include <ATen/Dispatch.h>
 #include <ATen/Functions.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
 
 #include "cpu_parallel.h"
 #include "nfrecon/projector.h"
@@ -24,8 +27,15 @@ at::Tensor projector_forward_cpu(const at::Tensor& volume, const at::Tensor& geo
   AT_DISPATCH_FLOATING_TYPES(volume.scalar_type(), "projector_forward_cpu", [&] {
     const scalar_t* vol = volume.data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
-    at::parallel_for(0, n, 64, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) o[i] = voxel_project_ray<scalar_t>(s, idx ? idx[i] : i, vol);
+    // rays are independent: threads take blocks of rays from a shared counter (a thread that
+    // the OS deschedules on a busy machine holds up no fixed half of the work)
+    constexpr int64_t kRays = 256;
+    std::atomic<int64_t> next{0};
+    at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) {
+      for (int64_t b = next.fetch_add(kRays); b < n; b = next.fetch_add(kRays)) {
+        const int64_t e = std::min(n, b + kRays);
+        for (int64_t i = b; i < e; ++i) o[i] = voxel_project_ray<scalar_t>(s, idx ? idx[i] : i, vol);
+      }
     });
   });
   return out;

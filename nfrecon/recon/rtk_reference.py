@@ -66,3 +66,20 @@ def rtk_joseph(volume: np.ndarray, vol_geom: VolumeGeometry, geom: ConeGeometry)
     joseph.SetGeometry(rtk_io.to_rtk_geometry(geom))
     joseph.Update()
     return np.asarray(itk.array_from_image(joseph.GetOutput()), dtype=np.float32)
+
+
+def rtk_joseph_adjoint(proj: np.ndarray, geom: ConeGeometry, vol_geom: VolumeGeometry) -> np.ndarray:
+    """RTK's Joseph backprojection (the transpose of its forward projector) of ``proj``
+    [view, v, u] onto ``vol_geom``: float32 [z, y, x]."""
+    RTK = _rtk()
+    volume = rtk_io.volume_to_rtk_image(np.zeros(vol_geom.shape, np.float32), vol_geom)
+    stack = rtk_io.projections_to_rtk_image(proj, geom)
+    back = RTK.JosephBackProjectionImageFilter[type(volume), type(volume)].New()
+    back.SetInput(0, volume)
+    back.SetInput(1, stack)
+    back.SetGeometry(rtk_io.to_rtk_geometry(geom))
+    back.Update()
+    out, out_geom = rtk_io.volume_from_rtk_image(back.GetOutput())
+    if not np.allclose(out_geom.center, vol_geom.center):
+        raise RuntimeError("RTK returned a volume on another grid")
+    return out

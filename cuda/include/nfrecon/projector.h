@@ -77,52 +77,69 @@ NFR_HD VoxelRay<T> voxel_ray(const VoxelSpec& s, int64_t flat) {
 #define NFR_SIMD_SUM _Pragma("omp simd reduction(+ : acc)")
 #endif
 
-// Samples whose corners the transpose computes together before it scatters them.
+// Samples whose stencils are computed together (one block of vector lanes on the CPU).
 constexpr int kVoxelBlock = 16;
 
-// Border-clamped linear interpolation along one axis of n voxels (stride elements apart):
-// lower corner i0 (an element offset i0 * stride), the offset to the upper corner (0 at the
-// last centre, where the upper weight is 0 anyway) and the weight w of the upper corner.
-// Matches grid_sample (border, align_corners=False): clip the index coordinate to [0, n - 1],
-// then floor. A NaN position clips to 0.
+// The trilinear stencil of index position (z, y, x), clipped to [0, n - 1] per axis and then
+// floored (grid_sample with border padding, align_corners=False; a NaN position clips to 0):
+// the flat offset base of the lower corner, the offsets sz, sy, sx to the upper corner along
+// z, y, x (0 at the last centre, where the upper weight is 0 anyway) and the 8 weights.
+// Corner c = (cz, cy, cx) (bits 2, 1, 0: x fastest) is at base + cz sz + cy sy + cx sx with
+// weight w[c] = (cz ? wz : 1 - wz) (cy ? wy : 1 - wy) (cx ? wx : 1 - wx).
+//
+// The stencils of samples k0 .. k0 + kVoxelBlock - 1 of a ray, structure of arrays (so that
+// the CPU build computes them with vector instructions; the loads and adds that use them are
+// scalar). Samples past the ray's end are computed too (their positions clip into the
+// volume) and not used.
 template <typename T>
-NFR_HD void border_axis(T x, int n, int stride, int& offset, int& step, T& w) {
-  x = min2(max2(x, T(0)), T(n - 1));
-  const T f = floor(x);
-  const int i0 = int(f);
-  w = x - f;
-  offset = i0 * stride;
-  step = i0 < n - 1 ? stride : 0;
-}
-
-// The trilinear stencil of index position (z, y, x): the flat offset of the lower corner, the
-// offsets to the upper corner along z, y, x and the upper weights. Corner c = (cz, cy, cx)
-// (bits 2, 1, 0) is at base + cz * sz + cy * sy + cx * sx with weight
-// (cz ? wz : 1 - wz) * (cy ? wy : 1 - wy) * (cx ? wx : 1 - wx).
-template <typename T>
-struct Stencil {
-  int base, sz, sy, sx;
-  T wz, wy, wx;
+struct StencilBlock {
+  int base[kVoxelBlock], sz[kVoxelBlock], sy[kVoxelBlock], sx[kVoxelBlock];
+  T w[8][kVoxelBlock];
 };
 
 template <typename T>
-NFR_HD Stencil<T> stencil(const int n[3], T z, T y, T x) {
-  Stencil<T> st;
-  int oz, oy, ox;
-  border_axis(z, n[0], n[1] * n[2], oz, st.sz, st.wz);
-  border_axis(y, n[1], n[2], oy, st.sy, st.wy);
-  border_axis(x, n[2], 1, ox, st.sx, st.wx);
-  st.base = oz + oy + ox;
-  return st;
-}
-
-// The 8 trilinear weights of a stencil, corner order as above (x fastest).
-template <typename T>
-NFR_HD void stencil_weights(const Stencil<T>& st, T w[8]) {
-  const T uz = T(1) - st.wz, uy = T(1) - st.wy, ux = T(1) - st.wx;
-  const T a = uz * uy, b = uz * st.wy, c = st.wz * uy, d = st.wz * st.wy;
-  w[0] = a * ux; w[1] = a * st.wx; w[2] = b * ux; w[3] = b * st.wx;
-  w[4] = c * ux; w[5] = c * st.wx; w[6] = d * ux; w[7] = d * st.wx;
+NFR_HD void stencil_block(const int n[3], const VoxelRay<T>& r, int k0, StencilBlock<T>& b) {
+  const T pz = r.p0[0], py = r.p0[1], px = r.p0[2], dz = r.dp[0], dy = r.dp[1], dx = r.dp[2];
+  const int sy = n[2], sz = n[1] * n[2];
+  const T hz = T(n[0] - 1), hy = T(n[1] - 1), hx = T(n[2] - 1);
+  int* __restrict__ base = b.base;
+  int* __restrict__ oz = b.sz;
+  int* __restrict__ oy = b.sy;
+  int* __restrict__ ox = b.sx;
+  T* __restrict__ w0 = b.w[0];
+  T* __restrict__ w1 = b.w[1];
+  T* __restrict__ w2 = b.w[2];
+  T* __restrict__ w3 = b.w[3];
+  T* __restrict__ w4 = b.w[4];
+  T* __restrict__ w5 = b.w[5];
+  T* __restrict__ w6 = b.w[6];
+  T* __restrict__ w7 = b.w[7];
+  NFR_SIMD
+  for (int j = 0; j < kVoxelBlock; ++j) {
+    // written out per axis: helper calls, inner loops and floor() stop g++'s vectoriser
+    const T k = T(k0 + j);
+    const T z = min2(max2(pz + k * dz, T(0)), hz);
+    const T y = min2(max2(py + k * dy, T(0)), hy);
+    const T x = min2(max2(px + k * dx, T(0)), hx);
+    // z, y, x >= 0 here, so truncation is floor
+    const int iz = int(z), iy = int(y), ix = int(x);
+    const T fz = T(iz), fy = T(iy), fx = T(ix);
+    const T wz = z - fz, wy = y - fy, wx = x - fx;
+    base[j] = iz * sz + iy * sy + ix;
+    oz[j] = iz < n[0] - 1 ? sz : 0;
+    oy[j] = iy < n[1] - 1 ? sy : 0;
+    ox[j] = ix < n[2] - 1 ? 1 : 0;
+    const T uz = T(1) - wz, uy = T(1) - wy, ux = T(1) - wx;
+    const T a = uz * uy, bb = uz * wy, c = wz * uy, d = wz * wy;
+    w0[j] = a * ux;
+    w1[j] = a * wx;
+    w2[j] = bb * ux;
+    w3[j] = bb * wx;
+    w4[j] = c * ux;
+    w5[j] = c * wx;
+    w6[j] = d * ux;
+    w7[j] = d * wx;
+  }
 }
 
 // Line integral of one ray (A x for one pixel). vol holds at most 2^31 - 1 voxels (int
@@ -131,55 +148,44 @@ template <typename T>
 NFR_HD T voxel_project_ray(const VoxelSpec& s, int64_t flat, const T* __restrict__ vol) {
   const VoxelRay<T> r = voxel_ray<T>(s, flat);
   T acc = T(0);
-  NFR_SIMD_SUM
-  for (int k = 0; k < r.n_bins; ++k) {
-    const Stencil<T> st = stencil(s.n, r.p0[0] + T(k) * r.dp[0], r.p0[1] + T(k) * r.dp[1], r.p0[2] + T(k) * r.dp[2]);
-    T w[8];
-    stencil_weights(st, w);
-    const T* v = vol + st.base;
-    const int y1 = st.sy, z1 = st.sz, zy = st.sz + st.sy;
-    acc += w[0] * v[0] + w[1] * v[st.sx] + w[2] * v[y1] + w[3] * v[y1 + st.sx] +
-           w[4] * v[z1] + w[5] * v[z1 + st.sx] + w[6] * v[zy] + w[7] * v[zy + st.sx];
+  StencilBlock<T> b;
+  for (int k0 = 0; k0 < r.n_bins; k0 += kVoxelBlock) {
+    stencil_block(s.n, r, k0, b);
+    const int m = min2(kVoxelBlock, r.n_bins - k0);
+    for (int j = 0; j < m; ++j) {
+      const T* v = vol + b.base[j];
+      const int x1 = b.sx[j], y1 = b.sy[j], z1 = b.sz[j], zy = b.sz[j] + b.sy[j];
+      // a tree of sums (not one chain of 8 dependent multiply-adds): consecutive samples overlap
+      const T s0 = b.w[0][j] * v[0] + b.w[1][j] * v[x1], s1 = b.w[2][j] * v[y1] + b.w[3][j] * v[y1 + x1];
+      const T s2 = b.w[4][j] * v[z1] + b.w[5][j] * v[z1 + x1], s3 = b.w[6][j] * v[zy] + b.w[7][j] * v[zy + x1];
+      acc += (s0 + s1) + (s2 + s3);
+    }
   }
   return acc * r.dt;
 }
 
 // Transpose of voxel_project_ray for one pixel value g: out[voxel] += g * dt * weight for
-// every sample; Acc is BufferAcc (CPU, per-thread buffer) or AtomicAcc (CUDA). The stencils
-// of kVoxelBlock samples are computed together (vectorised), then scattered one by one.
+// every sample (the same stencils); Acc is BufferAcc (CPU, per-thread buffer) or AtomicAcc
+// (CUDA).
 template <typename T, typename Acc>
 NFR_HD void voxel_backproject_ray(const VoxelSpec& s, int64_t flat, T g, Acc& out) {
   const VoxelRay<T> r = voxel_ray<T>(s, flat);
   if (r.n_bins == 0 || g == T(0)) return;
   const T gd = g * r.dt;
+  StencilBlock<T> b;
   for (int k0 = 0; k0 < r.n_bins; k0 += kVoxelBlock) {
-    int base[kVoxelBlock], sz[kVoxelBlock], sy[kVoxelBlock], sx[kVoxelBlock];
-    T w[8][kVoxelBlock];
-    // samples past the ray's end are computed too (their positions clip into the volume) and
-    // not scattered
-    NFR_SIMD
-    for (int j = 0; j < kVoxelBlock; ++j) {
-      const T k = T(k0 + j);
-      const Stencil<T> st = stencil(s.n, r.p0[0] + k * r.dp[0], r.p0[1] + k * r.dp[1], r.p0[2] + k * r.dp[2]);
-      T wj[8];
-      stencil_weights(st, wj);
-      base[j] = st.base;
-      sz[j] = st.sz;
-      sy[j] = st.sy;
-      sx[j] = st.sx;
-      for (int c = 0; c < 8; ++c) w[c][j] = gd * wj[c];
-    }
+    stencil_block(s.n, r, k0, b);
     const int m = min2(kVoxelBlock, r.n_bins - k0);
     for (int j = 0; j < m; ++j) {
-      const int b = base[j], y1 = sy[j], z1 = sz[j], zy = sz[j] + sy[j], x1 = sx[j];
-      out.add(b, w[0][j]);
-      out.add(b + x1, w[1][j]);
-      out.add(b + y1, w[2][j]);
-      out.add(b + y1 + x1, w[3][j]);
-      out.add(b + z1, w[4][j]);
-      out.add(b + z1 + x1, w[5][j]);
-      out.add(b + zy, w[6][j]);
-      out.add(b + zy + x1, w[7][j]);
+      const int p = b.base[j], x1 = b.sx[j], y1 = b.sy[j], z1 = b.sz[j], zy = b.sz[j] + b.sy[j];
+      out.add(p, gd * b.w[0][j]);
+      out.add(p + x1, gd * b.w[1][j]);
+      out.add(p + y1, gd * b.w[2][j]);
+      out.add(p + y1 + x1, gd * b.w[3][j]);
+      out.add(p + z1, gd * b.w[4][j]);
+      out.add(p + z1 + x1, gd * b.w[5][j]);
+      out.add(p + zy, gd * b.w[6][j]);
+      out.add(p + zy + x1, gd * b.w[7][j]);
     }
   }
 }
