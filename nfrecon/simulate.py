@@ -118,6 +118,7 @@ def simulate_scan(
     step_mm: float | None = None,
     device: str | torch.device | None = None,
     metadata: dict | None = None,
+    backend: str = "auto",
 ) -> Scan:
     """Simulate a scan of the mu volume ``mu`` [z, y, x] (1/mm, numpy or torch) on ``mu_geom``.
 
@@ -127,6 +128,7 @@ def simulate_scan(
     read_noise: Gaussian std in counts; seed: the noise seed. The ground truth is ``mu``
     resampled (with anti-aliasing) onto ``recon_geom``. ``metadata`` is merged over the
     simulation's own record (photons, read_noise, seed, step_mm, field-of-view report).
+    ``backend``: the projector's implementation (auto, torch, cpp, cuda; see VoxelProjector).
     """
     vol = mu.detach().float().cpu() if isinstance(mu, torch.Tensor) else torch.from_numpy(np.asarray(mu, np.float32))
     if tuple(vol.shape) != mu_geom.shape:
@@ -137,7 +139,7 @@ def simulate_scan(
         raise InputError(f"photons: photon count must be positive (or 0 for noiseless), got {photons}")
     report = check_field_of_view(vol.numpy(), mu_geom, geom, recon_geom)
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
-    projector = VoxelProjector(mu_geom, geom, step_mm=step_mm)
+    projector = VoxelProjector(mu_geom, geom, step_mm=step_mm, backend=backend)
     with torch.no_grad():
         clean = projector(vol.to(device)).cpu().numpy()
     projections, photons = _noisy(clean, photons, read_noise, seed)

@@ -59,6 +59,11 @@ class BenchConfig:
     """Noise seed (volume i uses seed + i) and seed of the neural fits."""
     device: str = "auto"
     """'auto', 'cpu' or 'cuda' for every method."""
+    backend: Literal["auto", "torch", "cpp", "cuda"] = "auto"
+    """Implementation of the voxel projector (simulation, iterative baseline) and of FDK's
+    backprojection: 'torch' (pure PyTorch, the reference), 'cpp' (fused kernels built for the
+    CPU), 'cuda' (fused kernels on a GPU), 'auto' (cuda on a GPU, cpp on a CPU when the kernels
+    build, else torch with a warning). 'nfrecon doctor' lists what runs here."""
     threads: Optional[int] = None
     """torch threads per method (default: torch's choice)."""
     isolate: bool = True

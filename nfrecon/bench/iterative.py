@@ -58,7 +58,8 @@ class IterativeSettings:
     (None: :data:`DEFAULT_ITERS`); subsets: OS-SART subsets (each holds every k-th view);
     lam: relative TV weight (see the module doc); tol: stop once the solver's change or
     residual measure falls below it (None: run all iterations); nonneg: clip mu at 0
-    (sirt, os-sart, tv; cgls is unconstrained and ignores it).
+    (sirt, os-sart, tv; cgls is unconstrained and ignores it); backend: the projector's
+    implementation (auto, torch, cpp, cuda: :class:`~nfrecon.ops.projector.VoxelProjector`).
     """
 
     method: Method = "tv"
@@ -67,6 +68,7 @@ class IterativeSettings:
     lam: float = DEFAULT_LAM
     tol: float | None = None
     nonneg: bool = True
+    backend: str = "auto"
 
     @property
     def n_iter(self) -> int:
@@ -124,10 +126,10 @@ def reconstruct(
     info: dict = {"method": settings.method, "iterations_requested": n}
     if settings.method == "os-sart":
         result = os_sart(proj, geom, vol_geom, n, int(settings.subsets), nonneg=settings.nonneg, tol=settings.tol,
-                         callback=callback)
+                         callback=callback, projector_options={"backend": settings.backend})
         info["subsets"] = int(settings.subsets)
     else:
-        A = VoxelProjector(vol_geom, geom)
+        A = VoxelProjector(vol_geom, geom, backend=settings.backend)
         if settings.method == "cgls":
             result = cgls(proj, A, n, tol=settings.tol, callback=callback)
         elif settings.method == "sirt":

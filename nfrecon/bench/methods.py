@@ -74,7 +74,8 @@ def _quality(metrics: dict) -> dict:
 
 def _run_fdk(scan: Scan, job: dict, device: torch.device) -> dict:
     clock = Clock(device)
-    volume = fdk(torch.as_tensor(scan.projections, device=device), scan.geom, scan.recon_geom).cpu().numpy()
+    volume = fdk(torch.as_tensor(scan.projections, device=device), scan.geom, scan.recon_geom,
+                 backend=job.get("backend", "auto")).cpu().numpy()
     seconds = clock.elapsed()
     metrics = write_results(job["out"], volume, scan.recon_geom, gt=scan.gt, title="FDK",
                             info={"method": "fdk", "seconds": seconds})
@@ -83,7 +84,7 @@ def _run_fdk(scan: Scan, job: dict, device: torch.device) -> dict:
 
 
 def _run_iterative(scan: Scan, job: dict, device: torch.device) -> dict:
-    settings = IterativeSettings("tv", job.get("iters"), lam=job["lam"])
+    settings = IterativeSettings("tv", job.get("iters"), lam=job["lam"], backend=job.get("backend", "auto"))
     gt = torch.as_tensor(scan.gt, device=device)
     clock = Clock(device)
     curve = []

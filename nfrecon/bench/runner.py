@@ -198,7 +198,8 @@ def simulate_conditions(plan: Plan, volume: Volume, seed: int) -> tuple[dict[tup
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         scan = simulate_scan(p.hu_to_mu(volume.hu), volume.geom, full.cone_geometry(), full.volume_geometry(),
-                             photons=photons, seed=seed, step_mm=cfg.sim_step_mm, device=plan.device, metadata=meta)
+                             photons=photons, seed=seed, step_mm=cfg.sim_step_mm, device=plan.device, metadata=meta,
+                             backend=cfg.backend)
     scans = {}
     for n, views in subsets.items():
         sub = scan.views(np.asarray([position[v] for v in views]))
@@ -211,7 +212,7 @@ def simulate_conditions(plan: Plan, volume: Volume, seed: int) -> tuple[dict[tup
 def _job(plan: Plan, method: str, scan_path: Path, run_dir: Path) -> dict:
     cfg = plan.cfg
     job = {"method": method, "scan": str(scan_path), "out": str(run_dir), "device": plan.device,
-           "threads": cfg.threads}
+           "threads": cfg.threads, "backend": cfg.backend}
     if method == "iterative":
         job.update(iters=cfg.iterative_iters, lam=cfg.lam)
     elif method in ("naf", "condcbnt"):

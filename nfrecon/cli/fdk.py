@@ -45,6 +45,11 @@ class FdkArgs:
     """mu of water in 1/mm, for --hu."""
     device: str = "auto"
     """'auto', 'cpu' or 'cuda'."""
+    backend: Literal["auto", "torch", "cpp", "cuda"] = "auto"
+    """Implementation of the voxel projector (and FDK's backprojection): 'torch' (pure
+    PyTorch, the reference), 'cpp' (fused kernels built for the CPU), 'cuda' (fused kernels on
+    a GPU), 'auto' (cuda on a GPU, cpp on a CPU when the kernels build, else torch with a
+    warning). 'nfrecon doctor' lists what runs here."""
 
 
 def main(argv: list[str], prog: str) -> int:
@@ -57,7 +62,8 @@ def main(argv: list[str], prog: str) -> int:
     short = {"auto": "auto", "on": True, "off": False}[args.short_scan]
     start = time.perf_counter()
     proj = torch.as_tensor(scan.projections, device=device)
-    volume = fdk(proj, scan.geom, scan.recon_geom, filter=args.filter, cutoff=args.cutoff, short_scan=short)
+    volume = fdk(proj, scan.geom, scan.recon_geom, filter=args.filter, cutoff=args.cutoff, short_scan=short,
+                 backend=args.backend)
     volume = volume.cpu().numpy()
     seconds = time.perf_counter() - start
     info = {"method": "fdk", "filter": args.filter, "cutoff": args.cutoff, "seconds": seconds, "device": str(device)}

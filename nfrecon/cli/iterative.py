@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 
@@ -54,11 +54,16 @@ class IterativeArgs:
     """mu of water in 1/mm, for --hu."""
     device: str = "auto"
     """'auto', 'cpu' or 'cuda'."""
+    backend: Literal["auto", "torch", "cpp", "cuda"] = "auto"
+    """Implementation of the voxel projector: 'torch' (pure
+    PyTorch, the reference), 'cpp' (fused kernels built for the CPU), 'cuda' (fused kernels on
+    a GPU), 'auto' (cuda on a GPU, cpp on a CPU when the kernels build, else torch with a
+    warning). 'nfrecon doctor' lists what runs here."""
 
 
 def main(argv: list[str], prog: str) -> int:
     args = parse(IterativeArgs, argv, prog, DESCRIPTION)
-    settings = IterativeSettings(args.method, args.iters, args.subsets, args.lam, args.tol, args.nonneg)
+    settings = IterativeSettings(args.method, args.iters, args.subsets, args.lam, args.tol, args.nonneg, args.backend)
     check_output_dir(args.out)
     scan = load_scan(args.scan)
     if scan.recon_geom is None:

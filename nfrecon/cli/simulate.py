@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 from nfrecon.cli.common import parse, resolve_device
 from nfrecon.data.nifti import write_nifti
@@ -54,6 +54,11 @@ class SimulateArgs:
     """Sample step of the projector in mm (default: half the CT's smallest voxel)."""
     device: str = "auto"
     """'auto', 'cpu' or 'cuda'."""
+    backend: Literal["auto", "torch", "cpp", "cuda"] = "auto"
+    """Implementation of the voxel projector: 'torch' (pure
+    PyTorch, the reference), 'cpp' (fused kernels built for the CPU), 'cuda' (fused kernels on
+    a GPU), 'auto' (cuda on a GPU, cpp on a CPU when the kernels build, else torch with a
+    warning). 'nfrecon doctor' lists what runs here."""
 
 
 def _photons(args: SimulateArgs, protocol: Protocol) -> float | None:
@@ -90,7 +95,8 @@ def main(argv: list[str], prog: str) -> int:
         hu, ct_geom = read_ct(args.volume)
         mu = protocol.hu_to_mu(hu)
         scan = simulate_scan(mu, ct_geom, geom, grid, photons=photons, read_noise=args.read_noise, seed=args.seed,
-                             step_mm=args.step_mm, device=resolve_device(args.device), metadata=meta)
+                             step_mm=args.step_mm, device=resolve_device(args.device), metadata=meta,
+                             backend=args.backend)
     with atomic_paths(args.out, gt) as (tmp_scan, tmp_gt):  # both files or neither
         save_scan(scan, tmp_scan)
         write_nifti(tmp_gt, scan.gt, scan.gt_geom)

@@ -14,6 +14,9 @@ sources lie on a circle about the z axis):
 4. voxel-driven backprojection: each voxel centre is projected onto the detector,
    the filtered view is read by bilinear interpolation (zero outside the detector) and
    weighted by ``(sod / U)^2``, U the source-to-voxel distance along the detector normal.
+   ``backend`` 'torch' runs it with ``grid_sample``; 'cpp' / 'cuda' with the fused kernel of
+   ``cuda/include/nfrecon/fdk.h`` (same arithmetic per voxel and view; the CPU kernel sums
+   the views in double), 'auto' picks the kernel of the projections' device when it builds.
 
 With these factors a uniform object reconstructs to its attenuation: the result is mu in
 1/mm for projections of line integrals (dimensionless) and geometry in mm.
@@ -30,8 +33,11 @@ import torch.nn.functional as F
 from nfrecon.errors import InputError
 from nfrecon.geometry.cone import ConeGeometry
 from nfrecon.geometry.volume import VolumeGeometry
+from nfrecon.ops.backend import require_kernels, resolve_backend
+from nfrecon.ops.projector import PROJECTOR_BACKENDS
 from nfrecon.recon.filters import check_filter, padded_length, ramp_filter_rows, ramp_response
 from nfrecon.recon.weights import angular_sampling, cosine_weights, fan_angles, parker_weights
+
 
 def fdk(
     proj,
@@ -42,6 +48,7 @@ def fdk(
     cutoff: float = 1.0,
     short_scan: bool | str = "auto",
     chunk_voxels: int = 2**22,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """FDK reconstruction of line integrals ``proj`` (views, rows, cols) -> mu (nz, ny, nx), 1/mm.
 
@@ -60,16 +67,23 @@ def fdk(
     projections and the output volume, the working set is at most ``chunk_voxels``
     (voxel, view) samples at under 64 bytes each (the default 2**22 bounds it to about
     270 MB; at least one volume slice times one view); filtering goes by blocks of views
-    of the same size.
+    of the same size. backend: auto, torch, cpp or cuda, for the backprojection (module doc);
+    the kernels need no working set beyond the output.
 
     Raises InputError for a non-circular geometry, projections whose shape does not
     match the geometry or that hold NaN/Inf, an unknown filter, a cutoff outside (0, 1],
-    or a volume that reaches behind a source.
+    or a volume that reaches behind a source, an unknown backend or one that cannot run here.
     """
     proj = _check_inputs(proj, geom, vol_geom, filter, cutoff, short_scan, chunk_voxels)
+    if backend not in PROJECTOR_BACKENDS:
+        raise InputError(f"--backend: FDK runs on one of {', '.join(PROJECTOR_BACKENDS)}, got {backend!r}")
+    name = resolve_backend(backend, proj.device)
     mats = _projection_matrices(geom, vol_geom)
     _check_in_front(mats, vol_geom)
     filtered = _weight_and_filter(proj, geom, filter, cutoff, short_scan, int(chunk_voxels))
+    if name in ("cpp", "cuda"):
+        require_kernels(name)
+        return _backproject_kernel(filtered, mats, geom, vol_geom)
     return _backproject(filtered, mats, vol_geom, int(chunk_voxels))
 
 
@@ -202,3 +216,23 @@ def _backproject(
             acc += (vals.view(b, len(zs), ny, nx) * inv.square_()).sum(0)
         out[z0 : z0 + len(zs)] = acc
     return out
+
+
+def _backproject_kernel(filtered: torch.Tensor, mats: np.ndarray, geom: ConeGeometry, vol_geom: VolumeGeometry):
+    """:func:`_backproject` by the fused kernel (``torch.ops.nfrecon.fdk_backproject``).
+
+    The kernel reads pixel-index coordinates: ``col = gx * nu / 2 + (nu - 1) / 2`` (the
+    inverse of grid_sample's align_corners=False mapping), so its matrices are ``mats`` with
+    rows 0 and 1 mapped that way (float64, then the projections' dtype).
+    """
+    device, dtype = filtered.device, filtered.dtype
+    nv, nu = geom.det_shape
+    pix = mats.copy()
+    pix[:, 0] = nu / 2 * mats[:, 0] + (nu - 1) / 2 * mats[:, 2]
+    pix[:, 1] = nv / 2 * mats[:, 1] + (nv - 1) / 2 * mats[:, 2]
+    m = torch.as_tensor(pix.reshape(len(pix), 12), dtype=dtype, device=device).contiguous()
+    z, y, x = (
+        torch.as_tensor(vol_geom.axis_coords(a) - vol_geom.center[a], dtype=dtype, device=device).contiguous()
+        for a in range(3)
+    )
+    return torch.ops.nfrecon.fdk_backproject(filtered.contiguous(), m, z, y, x)
