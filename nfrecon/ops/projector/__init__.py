@@ -119,6 +119,9 @@ class VoxelProjector(ReferenceProjector):
     def kernel_args(self, device) -> ProjectorArgs:
         """The kernels' packing of this projector, with its geometry on ``device`` (cached)."""
         device = torch.device(device)
+        if self.vol_geom.n_voxels >= 2**31:
+            raise InputError(f"--backend: the projector kernels index at most 2^31 - 1 voxels, the grid has "
+                             f"{self.vol_geom.n_voxels}; use --backend torch")
         if device not in self._args:
             t = geometry_tensors(self.geom, device)
             vectors = torch.cat([t["src"], t["det"], t["u"], t["v"]], dim=1).contiguous()
