@@ -21,8 +21,9 @@ transpose (same samples, same weights), so ``<A x, y> == <x, A^T y>`` to roundin
 - ``auto`` (default): cuda on a CUDA device, cpp on the CPU, when they build (else torch, with
   one warning); torch for dtypes the kernels do not take (e.g. float16).
 
-The kernels sum each ray in double on the CPU (in the volume dtype on the GPU), so in float32
-they differ from the reference by rounding only (~1e-6 relative).
+The kernels carry positions in voxel-index coordinates from each ray's entry point (computed
+in double per ray), so in float32 they differ from the reference by rounding only (~1e-6
+relative of the largest value); grids of 2^31 voxels or more need the torch backend.
 """
 
 from __future__ import annotations
