@@ -4,9 +4,11 @@
 // direct call of torch.ops.nfrecon.* from crashing the process.
 #pragma once
 
+#include <ATen/Functions.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <type_traits>
 #include <vector>
 
@@ -43,9 +45,10 @@ inline GridSpec grid_spec(c10::IntArrayRef grid, const at::Tensor& table) {
 
 // The MLP's parameters as a view; wt receives the transposed weights (kept alive by the caller).
 // mlp = [activation, out_activation, skip_0, ..., skip_{L-1}]
+// max_out: the widest output allowed (1 for a field; kMaxFilm for a modulation network).
 template <typename T>
 MLPView<T> mlp_view(const std::vector<at::Tensor>& weights, const std::vector<at::Tensor>& biases,
-                    c10::IntArrayRef mlp, int in_dim, std::vector<at::Tensor>& wt) {
+                    c10::IntArrayRef mlp, int in_dim, std::vector<at::Tensor>& wt, int max_out = 1) {
   const int n = int(weights.size());
   TORCH_CHECK(n >= 1 && n <= kMaxLayers, "nfrecon: the MLP must have 1 to ", kMaxLayers, " layers");
   TORCH_CHECK(int(biases.size()) == n && int(mlp.size()) == 2 + n, "nfrecon: MLP spec does not match its weights");
@@ -76,7 +79,8 @@ MLPView<T> mlp_view(const std::vector<at::Tensor>& weights, const std::vector<at
     offset += biases[i].numel();
     prev = m.width[i];
   }
-  TORCH_CHECK(m.width[n - 1] == 1, "nfrecon: a field's MLP has one output");
+  TORCH_CHECK(m.width[n - 1] >= 1 && m.width[n - 1] <= max_out, "nfrecon: the MLP has more than ", max_out,
+              " outputs");
   return m;
 }
 
@@ -125,6 +129,14 @@ inline std::vector<at::Tensor> split_params(const at::Tensor& flat, const std::v
   return out;
 }
 
+// The conditioned march's gradients from its flat buffer [backbone table, backbone MLP,
+// modulation table, modulation MLP] (the backbone part absent without backbone_grad):
+// [btable, bW..., bb..., mtable, mW..., mb...], empty tensors for the backbone when absent.
+inline std::vector<at::Tensor> cond_gradients(const at::Tensor& flat, bool backbone_grad, const at::Tensor& btable,
+                                              const std::vector<at::Tensor>& bw, const std::vector<at::Tensor>& bb,
+                                              const at::Tensor& mtable, const std::vector<at::Tensor>& mw,
+                                              const std::vector<at::Tensor>& mb);
+
 inline int64_t n_params(const std::vector<at::Tensor>& weights, const std::vector<at::Tensor>& biases) {
   int64_t n = 0;
   for (size_t i = 0; i < weights.size(); ++i) n += weights[i].numel() + biases[i].numel();
@@ -153,6 +165,48 @@ template <typename T, typename F> void with_width(const MLPView<T>& m, F&& f) {
   if (w == 64) return go(std::integral_constant<int, 64>{});
   if (w == 128) return go(std::integral_constant<int, 128>{});
   return go(std::integral_constant<int, kMaxWidth>{});
+}
+
+// with_width for two MLPs sharing one buffer width W (the conditioned march): calls
+// f(integral_constant W, bool_constant Ua, bool_constant Ub), U* = that MLP is uniformly W wide.
+template <typename T, typename F> void with_widths(const MLPView<T>& a, const MLPView<T>& b, F&& f) {
+  const int width = std::max(max_hidden(a), max_hidden(b));
+  TORCH_CHECK(width <= kMaxWidth, "nfrecon: MLP wider than ", kMaxWidth);
+  const int w = width <= 32 ? 32 : width <= 64 ? 64 : width <= 128 ? 128 : kMaxWidth;
+  auto uniform = [w](const MLPView<T>& m) {
+    bool u = m.n_layers > 1;
+    for (int i = 0; i + 1 < m.n_layers; ++i) u = u && m.width[i] == w;
+    return u;
+  };
+  const bool ua = uniform(a), ub = uniform(b);
+  auto go = [&](auto wc) {
+    if (ua && ub) return f(wc, std::true_type{}, std::true_type{});
+    if (ua) return f(wc, std::true_type{}, std::false_type{});
+    if (ub) return f(wc, std::false_type{}, std::true_type{});
+    return f(wc, std::false_type{}, std::false_type{});
+  };
+  if (w == 32) return go(std::integral_constant<int, 32>{});
+  if (w == 64) return go(std::integral_constant<int, 64>{});
+  if (w == 128) return go(std::integral_constant<int, 128>{});
+  return go(std::integral_constant<int, kMaxWidth>{});
+}
+
+inline std::vector<at::Tensor> cond_gradients(const at::Tensor& flat, bool backbone_grad, const at::Tensor& btable,
+                                              const std::vector<at::Tensor>& bw, const std::vector<at::Tensor>& bb,
+                                              const at::Tensor& mtable, const std::vector<at::Tensor>& mw,
+                                              const std::vector<at::Tensor>& mb) {
+  const int64_t nbt = backbone_grad ? btable.numel() : 0, nbp = backbone_grad ? n_params(bw, bb) : 0;
+  const int64_t nmt = mtable.numel();
+  std::vector<at::Tensor> out;
+  const at::Tensor none = at::empty({0}, flat.options());
+  out.push_back(backbone_grad ? flat.narrow(0, 0, nbt).view(btable.sizes()) : none);
+  const std::vector<at::Tensor> bparams =
+      backbone_grad ? split_params(flat.narrow(0, nbt, nbp), bw, bb) : std::vector<at::Tensor>(2 * bw.size(), none);
+  out.insert(out.end(), bparams.begin(), bparams.end());
+  out.push_back(flat.narrow(0, nbt + nbp, nmt).view(mtable.sizes()));
+  const std::vector<at::Tensor> mparams = split_params(flat.narrow(0, nbt + nbp + nmt, flat.numel() - nbt - nbp - nmt), mw, mb);
+  out.insert(out.end(), mparams.begin(), mparams.end());
+  return out;
 }
 
 }  // namespace nfrecon

@@ -15,16 +15,17 @@
 
 namespace nfrecon {
 
-// Adds into a plain buffer (one thread owns it).
-template <typename T>
+// Adds into a plain buffer of B (one thread owns it); the values may be of another float type
+// (a double buffer accumulates float contributions without float32 rounding at every add).
+template <typename B>
 struct BufferAcc {
-  T* buf;
-  void add(int64_t i, T v) { buf[i] += v; }
+  B* buf;
+  template <typename T> void add(int64_t i, T v) { buf[i] += B(v); }
   void prefetch(int64_t i) const { __builtin_prefetch(buf + i, 1, 3); }
-  void axpy(int64_t base, T s, const T* __restrict__ v, int n) {
-    T* __restrict__ p = buf + base;
+  template <typename T> void axpy(int64_t base, T s, const T* __restrict__ v, int n) {
+    B* __restrict__ p = buf + base;
 #pragma omp simd
-    for (int a = 0; a < n; ++a) p[a] += s * v[a];
+    for (int a = 0; a < n; ++a) p[a] += B(s * v[a]);
   }
 };
 

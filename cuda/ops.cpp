@@ -15,6 +15,14 @@ TORCH_LIBRARY(nfrecon, m) {
         "Tensor[] biases, int[] grid, int[] mlp, float[] box, float mu_max, int[] march) -> Tensor");
   m.def("naf_march_backward(Tensor grad, Tensor rays, Tensor geometry, Tensor offsets, Tensor table, "
         "Tensor[] weights, Tensor[] biases, int[] grid, int[] mlp, float[] box, float mu_max, int[] march) -> Tensor[]");
+  // conditioned (CondCBNT) march (cuda/include/nfrecon/cond_march.h): backbone b* and modulation m*
+  m.def("cond_march_forward(Tensor rays, Tensor geometry, Tensor offsets, Tensor btable, Tensor[] bweights, "
+        "Tensor[] bbiases, int[] bgrid, int[] bmlp, Tensor mtable, Tensor[] mweights, Tensor[] mbiases, int[] mgrid, "
+        "int[] mmlp, float[] box, float mu_max, int[] march) -> Tensor");
+  m.def("cond_march_backward(Tensor grad, Tensor rays, Tensor geometry, Tensor offsets, Tensor btable, "
+        "Tensor[] bweights, Tensor[] bbiases, int[] bgrid, int[] bmlp, Tensor mtable, Tensor[] mweights, "
+        "Tensor[] mbiases, int[] mgrid, int[] mmlp, float[] box, float mu_max, int[] march, bool backbone_grad) "
+        "-> Tensor[]");
   // voxel projector (cuda/include/nfrecon/projector.h): rays = flat indices (R,) or None for
   // every ray; det = [rows, cols]; box = [lo(3), size(3)] mm; shape = [nz, ny, nx]
   m.def("projector_forward(Tensor volume, Tensor geometry, Tensor? rays, int[] det, float[] box, float step) -> Tensor");

@@ -137,7 +137,7 @@ def run_main_job(backend: str, threads: int) -> dict:
                    "r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
                    "print(r.returncode, time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
         env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-        line = subprocess.run([sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True, env=env).stdout
+        line = subprocess.run([sys.executable, "-c", wrapper, *cmd], check=False, capture_output=True, text=True, env=env).stdout
         rc, wall, rss = line.split()
         metrics = json.loads((out / "metrics.json").read_text()) if int(rc) == 0 else {}
     g = metrics.get("vs_ground_truth", {})

@@ -66,13 +66,13 @@ def _fit_command(scan_file, out, backend):
 
 def test_without_a_compiler_auto_warns_once_and_falls_back_and_cpp_fails_in_one_line(scan_file, tmp_path):
     env = dict(os.environ, CXX=str(tmp_path / "no-such-compiler"), TORCH_EXTENSIONS_DIR=str(tmp_path / "ext"))
-    cpp = subprocess.run(_fit_command(scan_file, tmp_path / "cpp", "cpp"), env=env, capture_output=True, text=True)
+    cpp = subprocess.run(_fit_command(scan_file, tmp_path / "cpp", "cpp"), env=env, check=False, capture_output=True, text=True)
     assert cpp.returncode == 2, cpp.stderr
     lines = cpp.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: --backend cpp: no C++ compiler"), cpp.stderr
     assert "apt install g++" in lines[0] and "Traceback" not in cpp.stderr
     assert not (tmp_path / "cpp").exists()  # refused before any work
-    auto = subprocess.run(_fit_command(scan_file, tmp_path / "auto", "auto"), env=env, capture_output=True, text=True)
+    auto = subprocess.run(_fit_command(scan_file, tmp_path / "auto", "auto"), env=env, check=False, capture_output=True, text=True)
     assert auto.returncode == 0, auto.stderr
     warnings = [line for line in auto.stderr.splitlines() if "kernels unavailable" in line]
     assert len(warnings) == 1 and "no C++ compiler" in warnings[0] and "PyTorch path" in warnings[0]
@@ -106,10 +106,8 @@ def test_doctor_lists_every_backend_with_a_reason(capsys):
 
 
 def test_the_kernel_sources_reach_the_wheel(tmp_path):
-    if shutil.which("pip") is None and not (Path(sys.executable).parent / "pip").exists():
-        pytest.skip("pip is not available")
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            "-w", str(tmp_path), str(REPO)], capture_output=True, text=True)
+                            "-w", str(tmp_path), str(REPO)], check=False, capture_output=True, text=True)
     assert build.returncode == 0, build.stderr[-2000:]
     wheel = next(tmp_path.glob("nfrecon-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
@@ -128,7 +126,7 @@ def test_every_cuda_file_compiles_with_nvcc_against_the_installed_torch(source, 
     cmd = ["nvcc", "-std=c++20", "-c", "-arch=sm_90", "--expt-relaxed-constexpr", "-Xcompiler", "-fPIC",
            f"-I{REPO / 'cuda'}", f"-I{REPO / 'cuda' / 'include'}", f"-I{include}",
            f"-I{include / 'torch' / 'csrc' / 'api' / 'include'}", str(source), "-o", str(tmp_path / "out.o")]
-    result = subprocess.run(cmd, capture_output=True, text=True)
+    result = subprocess.run(cmd, check=False, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "out.o").stat().st_size > 0
 

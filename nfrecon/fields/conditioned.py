@@ -42,7 +42,10 @@ from nfrecon.fields.base import BoxField
 from nfrecon.fields.hashgrid import HashGridConfig, HashGridEncoding
 from nfrecon.fields.mlp import MLP, MLPConfig, mu_range, start_output_at
 from nfrecon.geometry.volume import VolumeGeometry
-from nfrecon.ops.mlp import hidden_activation, output_activation
+from nfrecon.ops.backend import KERNEL_BACKENDS
+from nfrecon.ops.cond_march import CondMarchField, NetParams, NetSpec, cond_march
+from nfrecon.ops.mlp import mlp_forward
+from nfrecon.ops.naf_march import MarchGeometry
 
 
 @dataclass(frozen=True)
@@ -107,19 +110,9 @@ class Backbone(nn.Module):
                 raise InputError(f"backbone: film must have {2 * sum(widths)} values per point "
                                  f"(2 x hidden widths {widths}), got {film.shape[-1]}")
             film = film.split([w for w in widths for _ in range(2)], dim=-1)
-        x = self.encoder(u)
-        h = x
-        mlp, last = self.mlp.cfg, len(self.mlp.layers) - 1
-        for i, layer in enumerate(self.mlp.layers):
-            if i in mlp.skips:
-                h = torch.cat([x, h], dim=-1)
-            h = layer(h)
-            if i == last:
-                h = output_activation(mlp.out_activation, h)
-            else:
-                if film is not None:
-                    h = h * (1 + film[2 * i]) + film[2 * i + 1]
-                h = hidden_activation(mlp.activation, h)
+        c = self.mlp.cfg
+        h = mlp_forward(self.encoder(u), self.mlp.weights, self.mlp.biases, c.skips, c.activation, c.out_activation,
+                        film=film)
         return h[..., 0] * self.mu_max
 
     @torch.no_grad()
@@ -170,3 +163,28 @@ class ConditionedField(BoxField):
     def forward(self, points: torch.Tensor) -> torch.Tensor:
         u = self.to_unit(points)
         return self.backbone(u, self.modulation(u))
+
+    @property
+    def fused_march(self):
+        """:meth:`march` for the renderer when both encoders use a kernel backend ('cpp' or
+        'cuda') and the backbone is not wrapped (DDP's gradient hooks need its own forward);
+        else None (the renderer samples points and calls the field)."""
+        if self.backbone is not getattr(self.backbone, "module", self.backbone):
+            return None
+        backends = {self.backbone.encoder.backend, self.modulation.encoder.backend}
+        return self.march if len(backends) == 1 and backends <= set(KERNEL_BACKENDS) else None
+
+    def march(self, geom: MarchGeometry, rays: torch.Tensor, offsets: torch.Tensor | None) -> torch.Tensor:
+        """Line integrals (R,) along ``rays`` in one fused op (:func:`nfrecon.ops.cond_march.cond_march`)."""
+        b, m = self.backbone, self.modulation
+        spec = CondMarchField(
+            NetSpec(b.cfg.encoder, b.cfg.mlp.skips, b.cfg.mlp.activation, b.cfg.mlp.out_activation),
+            NetSpec(m.cfg.encoder, m.cfg.mlp.skips, m.cfg.mlp.activation, m.cfg.mlp.out_activation),
+            tuple(b.film_widths), tuple(self.vol_geom.box_min), tuple(self.vol_geom.size), float(b.mu_max),
+        )
+        return cond_march(
+            geom, spec, rays, offsets,
+            NetParams(b.encoder.table, b.mlp.weights, b.mlp.biases),
+            NetParams(m.encoder.table, m.mlp.weights, m.mlp.biases),
+            b.encoder.backend,
+        )

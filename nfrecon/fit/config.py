@@ -16,6 +16,9 @@ from nfrecon.errors import InputError
 from nfrecon.fields.conditioned import BackboneConfig, ModulationConfig
 from nfrecon.fields.naf import NAFFieldConfig
 
+# --backend: see nfrecon.ops.backend
+Backend = Literal["auto", "torch", "cpp", "cuda", "tcnn"]
+
 
 def _need(ok: bool, option: str, what: str, value) -> None:
     """InputError ``--option: must be <what>, got <value>`` unless ``ok``."""
@@ -176,7 +179,7 @@ class FitConfig:
     """Seed of initialisation, ray sampling and jitter."""
     device: str = "auto"
     """'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'."""
-    backend: Literal["auto", "torch", "cpp", "cuda", "tcnn"] = "auto"
+    backend: Backend = "auto"
     """Implementation of the hash grid and the ray march: 'torch' (pure PyTorch, the
     reference), 'cpp' (fused kernels built for the CPU), 'cuda' (fused kernels on a GPU),
     'tcnn' (tiny-cuda-nn's hash grid, where installed), 'auto' (cuda on a GPU, cpp on a CPU
@@ -260,6 +263,9 @@ class PretrainConfig:
     """Seed of initialisation and of every step's sampling."""
     device: str = "auto"
     """'auto' (CUDA when available, one GPU per process), 'cpu', 'cuda' or 'cuda:N' (one process)."""
+    backend: Backend = "auto"
+    """Implementation of the hash grids and the conditioned ray march, as for 'nfrecon fit'
+    (with DDP over several processes the march is not fused; the hash grids still are)."""
     mu_max: float = 0.0
     """Backbone output range in 1/mm (0: the largest per-scan estimate, as fit's)."""
     skip_bad: bool = False

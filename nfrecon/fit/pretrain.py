@@ -82,7 +82,7 @@ from nfrecon.configio import dump_yaml, to_dict
 from nfrecon.data.scan import Scan
 from nfrecon.data.volumes import resample
 from nfrecon.errors import InputError
-from nfrecon.fields.base import evaluate_grid
+from nfrecon.fields.base import evaluate_grid, use_backend
 from nfrecon.fields.conditioned import Backbone, ConditionedField, ModulationField
 from nfrecon.fit.checkpoint import config_mismatches, load_checkpoint, save_checkpoint
 from nfrecon.fit.config import PretrainConfig
@@ -92,6 +92,7 @@ from nfrecon.fit.run import estimate_mu_max, mean_attenuation, prepare_run_folde
 from nfrecon.fit.signals import Interrupted, StopRequest
 from nfrecon.fsutil import atomic_write_text
 from nfrecon.metrics import psnr
+from nfrecon.ops.backend import resolve_backend
 from nfrecon.outputs.progress import progress
 from nfrecon.outputs.tensorboard import TBLogger
 from nfrecon.render.raymarch import RayMarcher
@@ -201,6 +202,8 @@ class Pretrainer:
         if mu0 is not None and cfg.model.backbone.mlp.out_activation == "sigmoid":
             self.backbone.start_near(mu0)
         self.backbone.to(self.device)
+        self.kernels = resolve_backend(cfg.backend, self.device)
+        use_backend(self.backbone, self.kernels)
         self.train_backbone = self.backbone
         if d.backend is not None:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -284,6 +287,7 @@ class Pretrainer:
         cfg = self.cfg
         torch.manual_seed(_seed(cfg.seed, 2, index))
         modulation = ModulationField(cfg.model.modulation, self.backbone.film_widths).to(self.device)
+        use_backend(modulation, self.kernels)
         field = ConditionedField(self.train_backbone, modulation, scan.recon_geom).to(self.device)
         opt = torch.optim.Adam(modulation.parameters(), lr=cfg.optim.modulation_lr)
         if cfg.data == "projections":

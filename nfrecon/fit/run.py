@@ -21,8 +21,8 @@ from nfrecon.data.naf_pickle import load_naf_pickle
 from nfrecon.data.scan import Scan, load_scan
 from nfrecon.devices import resolve_device
 from nfrecon.errors import InputError
-from nfrecon.fields.conditioned import Backbone, BackboneConfig, ConditionedField, ModulationConfig, ModulationField
 from nfrecon.fields.base import use_backend
+from nfrecon.fields.conditioned import Backbone, BackboneConfig, ConditionedField, ModulationConfig, ModulationField
 from nfrecon.fields.naf import NAFField
 from nfrecon.fit.checkpoint import config_mismatches, load_checkpoint, save_checkpoint
 from nfrecon.fit.config import FitConfig

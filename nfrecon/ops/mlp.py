@@ -11,7 +11,7 @@ The kernels (``cuda/include/nfrecon/mlp.h``) take the activations by their index
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -40,13 +40,22 @@ def mlp_forward(
     skips: Sequence[int],
     activation: str,
     out_activation: str,
+    film: Sequence[torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """(..., in_dim) -> (..., out_dim) with the layers ``weights``/``biases`` (see the module)."""
+    """(..., in_dim) -> (..., out_dim) with the layers ``weights``/``biases`` (see the module).
+
+    ``film``: (dgamma_0, beta_0, dgamma_1, beta_1, ...), each (..., width_i): hidden layer
+    ``i`` then computes ``act(z_i * (1 + dgamma_i) + beta_i)`` (FiLM, CondCBNT's modulation).
+    """
     h = x
     last = len(weights) - 1
     for i, (w, b) in enumerate(zip(weights, biases)):
         if i in skips:
             h = torch.cat([x, h], dim=-1)
         h = F.linear(h, w, b)
-        h = hidden_activation(activation, h) if i < last else output_activation(out_activation, h)
+        if i == last:
+            return output_activation(out_activation, h)
+        if film is not None:
+            h = h * (1 + film[2 * i]) + film[2 * i + 1]
+        h = hidden_activation(activation, h)
     return h

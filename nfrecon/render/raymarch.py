@@ -14,7 +14,7 @@ give the same line integrals for the same generator state.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -30,6 +30,7 @@ constexpr int kMaxLevels = 32;     // hash-grid levels
 constexpr int kMaxEncoding = 128;  // encoding width L * F
 constexpr int kMaxLayers = 8;      // linear layers of the MLP
 constexpr int kMaxWidth = 256;     // hidden width of the MLP
+constexpr int kMaxFilm = 1024;     // FiLM values per point (2 x the sum of the modulated widths)
 
 // Activation codes, in the order of nfrecon.ops.mlp.ACTIVATIONS / OUT_ACTIVATIONS.
 enum Activation : int { kLeakyRelu = 0, kRelu = 1 };

@@ -1,4 +1,5 @@
-// The small fully connected network of a neural field, forward and backward for one point.
+// The small fully connected network of a neural field (optionally FiLM-modulated), forward
+// and backward for blocks of points.
 //
 // Semantics of nfrecon/ops/mlp.py (mlp_forward): layer i computes z_i = W_i in_i + b_i with
 // in_0 = x and in_i = cat([x, h_{i-1}]) when i is a skip layer, else h_{i-1}; hidden layers
@@ -88,6 +89,24 @@ template <typename T, int W, bool Uniform> NFR_HD int hidden_width(const MLPView
   return Uniform ? W : m.width[i];
 }
 
+// FiLM of the hidden layers (CondCBNT's modulation): per point, P = 2 * sum(hidden widths)
+// values laid out [dgamma_0, beta_0, dgamma_1, beta_1, ...] (v: S rows of stride fs); hidden
+// layer i then computes act(z_i * (1 + dgamma_i) + beta_i). zpre keeps each hidden layer's
+// pre-FiLM z_i for the backward (dL/d dgamma = dL/d(FiLM output) * z).
+template <typename T, int W, int S>
+struct Film {
+  const T* v;
+  int fs;
+  T (*zpre)[S][W];
+};
+
+// Where dgamma_i starts in a point's FiLM vector (beta_i follows at + width_i).
+template <typename T, int W, bool Uniform> NFR_HD int film_offset(const MLPView<T>& m, int i) {
+  int off = 0;
+  for (int k = 0; k < i; ++k) off += 2 * hidden_width<T, W, Uniform>(m, k);
+  return off;
+}
+
 // Blocks of S points. The CPU launcher evaluates S consecutive samples of a ray at once, so
 // that every layer is a register-blocked micro-GEMM: each weight row is loaded once and used
 // for S points (for W = 32 and S = 8 the pre-activations z[S][W] are 16 AVX-512 registers),
@@ -99,9 +118,12 @@ template <typename T, int W, bool Uniform> NFR_HD int hidden_width(const MLPView
 // Layouts: x and grad_x hold S rows of xs elements (point s at x + s * xs); h[i][s][j].
 
 // Forward of S points x. Stores the hidden activations h[i] (i < n_layers - 1) for a backward
-// pass and the last layer's pre-activations z_out[s]; writes the network outputs y[s] (width 1).
+// pass and the last layer's pre-activations z_out; writes the network outputs y (both S rows
+// of the output width: one value for a field, the FiLM vector for a modulation network).
+// film: modulate the hidden layers (null: plain MLP).
 template <typename T, int W, bool Uniform = false, int S = 1>
-NFR_HD void mlp_forward(const MLPView<T>& m, const T* x, int xs, T (*h)[S][W], T* z_out, T* y) {
+NFR_HD void mlp_forward(const MLPView<T>& m, const T* x, int xs, T (*h)[S][W], T* z_out, T* y,
+                        const Film<T, W, S>* film = nullptr) {
   const int last = m.n_layers - 1;
   for (int i = 0; i < last; ++i) {
     const int no = hidden_width<T, W, Uniform>(m, i);
@@ -124,11 +146,37 @@ NFR_HD void mlp_forward(const MLPView<T>& m, const T* x, int xs, T (*h)[S][W], T
         for (int p = 0; p < S; ++p) axpy(z[p], wt + a * no, no, h[i - 1][p][a]);
       }
     }
+    if (film != nullptr) {
+      const int off = film_offset<T, W, Uniform>(m, i);
+      for (int p = 0; p < S; ++p) {
+        const T* f = film->v + p * film->fs + off;
+        for (int j = 0; j < no; ++j) {
+          film->zpre[i][p][j] = z[p][j];
+          z[p][j] = z[p][j] * (T(1) + f[j]) + f[no + j];
+        }
+      }
+    }
     NFR_UNROLL
     for (int p = 0; p < S; ++p)
       for (int j = 0; j < no; ++j) h[i][p][j] = hidden_act(m.act, z[p][j]);
   }
-  // the output layer (width 1): a dot product with its weight row
+  const int nout = m.width[last];
+  if (nout > 1) {  // a vector output (the modulation network): axpys over its outputs
+    const int prev_dim = last > 0 ? hidden_width<T, W, Uniform>(m, last - 1) : 0;
+    for (int p = 0; p < S; ++p) {
+      T* z = z_out + p * nout;
+      for (int j = 0; j < nout; ++j) z[j] = m.b[last][j];
+      const T* wt = m.Wt[last];
+      if (last == 0 || m.skip[last]) {
+        for (int a = 0; a < m.in_dim; ++a) axpy(z, wt + a * nout, nout, x[p * xs + a]);
+        wt += int64_t(m.in_dim) * nout;
+      }
+      for (int a = 0; a < prev_dim; ++a) axpy(z, wt + a * nout, nout, h[last - 1][p][a]);
+      for (int j = 0; j < nout; ++j) y[p * nout + j] = out_act_value(m.out_act, z[j]);
+    }
+    return;
+  }
+  // the output layer of a field (width 1): a dot product with its weight row
   for (int p = 0; p < S; ++p) {
     const T* w = m.W[last];
     T z = m.b[last][0];
@@ -161,20 +209,29 @@ NFR_HD void acc_rank(Acc& acc, int64_t base, const T* c, int cs, const T* v, int
   }
 }
 
-// Backward of S points given dL/d(output) g_out (the same for all of them): adds the gradients
-// of every W_i and b_i through `acc` (acc.axpy(base, s, vec, n): buf[base + a] += s * vec[a];
-// acc.add(i, v)) and writes dL/dx into grad_x (S rows of xs, overwritten).
-template <typename T, int W, bool Uniform, int S, typename Acc>
+// Backward of S points given dL/d(output) g_out (S rows of stride gs; gs = 0: one value for
+// all points and outputs): adds the gradients of every W_i and b_i through `acc`
+// (acc.axpy(base, s, vec, n): buf[base + a] += s * vec[a]; acc.add(i, v)) and writes dL/dx
+// into grad_x (S rows of xs, overwritten). With film, also writes dL/d(FiLM vector) into
+// grad_film (S rows of film->fs). O: the largest output width (the size of its buffer).
+template <typename T, int W, bool Uniform, int S, typename Acc, int O = 1>
 NFR_HD void mlp_backward(const MLPView<T>& m, const T* x, int xs, const T (*h)[S][W], const T* z_out, const T* y,
-                         T g_out, Acc& acc, T* grad_x) {
+                         const T* g_out, int gs, Acc& acc, T* grad_x, const Film<T, W, S>* film = nullptr,
+                         T* grad_film = nullptr) {
   const int last = m.n_layers - 1;
+  const int nout = m.width[last];
   for (int p = 0; p < S; ++p)
     for (int a = 0; a < m.in_dim; ++a) grad_x[p * xs + a] = T(0);
-  T g[S][W];   // dL/dz of the current layer
+  T gl[S][O];  // dL/dz of the output layer
+  T g[S][W];   // dL/dz of the current hidden layer
   T gp[S][W];  // dL/dh of the previous layer
-  for (int p = 0; p < S; ++p) g[p][0] = g_out * out_act_grad(m.out_act, z_out[p], y[p]);
+  for (int p = 0; p < S; ++p)
+    for (int j = 0; j < nout; ++j)
+      gl[p][j] = g_out[p * gs + (gs != 0 ? j : 0)] * out_act_grad(m.out_act, z_out[p * nout + j], y[p * nout + j]);
   for (int i = last; i >= 0; --i) {
-    const int no = i == last ? 1 : hidden_width<T, W, Uniform>(m, i);
+    const int no = i == last ? nout : hidden_width<T, W, Uniform>(m, i);
+    T* gc = i == last ? &gl[0][0] : &g[0][0];  // this layer's dL/dz, S rows of stride gst
+    const int gst = i == last ? O : W;
     const int fan = m.fan_in[i];
     const bool has_x = i == 0 || m.skip[i];
     const int prev_dim = i == 0 ? 0 : hidden_width<T, W, Uniform>(m, i - 1);
@@ -182,16 +239,16 @@ NFR_HD void mlp_backward(const MLPView<T>& m, const T* x, int xs, const T (*h)[S
     const T* w = m.W[i];
     for (int j = 0; j < no; ++j) {
       const int64_t row = m.w_offset[i] + int64_t(j) * fan;
-      if (has_x) acc_rank<T, S>(acc, row, &g[0][j], W, x, xs, m.in_dim);
-      if (i > 0) acc_rank<T, S>(acc, row + x_cols, &g[0][j], W, &h[i - 1][0][0], W, prev_dim);
-      T gb = g[0][j];
-      for (int p = 1; p < S; ++p) gb += g[p][j];
+      if (has_x) acc_rank<T, S>(acc, row, gc + j, gst, x, xs, m.in_dim);
+      if (i > 0) acc_rank<T, S>(acc, row + x_cols, gc + j, gst, &h[i - 1][0][0], W, prev_dim);
+      T gb = gc[j];
+      for (int p = 1; p < S; ++p) gb += gc[p * gst + j];
       acc.add(m.b_offset[i] + j, gb);
     }
     if (has_x) {
       for (int j = 0; j < no; ++j) {
         NFR_UNROLL
-        for (int p = 0; p < S; ++p) axpy(grad_x + p * xs, w + int64_t(j) * fan, m.in_dim, g[p][j]);
+        for (int p = 0; p < S; ++p) axpy(grad_x + p * xs, w + int64_t(j) * fan, m.in_dim, gc[p * gst + j]);
       }
     }
     if (i == 0) break;
@@ -200,11 +257,23 @@ NFR_HD void mlp_backward(const MLPView<T>& m, const T* x, int xs, const T (*h)[S
       for (int a = 0; a < prev_dim; ++a) gp[p][a] = T(0);
     for (int j = 0; j < no; ++j) {
       NFR_UNROLL
-      for (int p = 0; p < S; ++p) axpy(gp[p], w + int64_t(j) * fan + x_cols, prev_dim, g[p][j]);
+      for (int p = 0; p < S; ++p) axpy(gp[p], w + int64_t(j) * fan + x_cols, prev_dim, gc[p * gst + j]);
     }
     NFR_UNROLL
     for (int p = 0; p < S; ++p)
       for (int a = 0; a < prev_dim; ++a) g[p][a] = gp[p][a] * hidden_act_grad(m.act, h[i - 1][p][a]);
+    if (film != nullptr) {  // through the FiLM of layer i - 1: z * (1 + dgamma) + beta
+      const int off = film_offset<T, W, Uniform>(m, i - 1);
+      for (int p = 0; p < S; ++p) {
+        const T* f = film->v + p * film->fs + off;
+        T* gf = grad_film + p * film->fs + off;
+        for (int a = 0; a < prev_dim; ++a) {
+          gf[a] = g[p][a] * film->zpre[i - 1][p][a];
+          gf[prev_dim + a] = g[p][a];
+          g[p][a] *= T(1) + f[a];
+        }
+      }
+    }
   }
 }
 

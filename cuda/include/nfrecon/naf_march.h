@@ -142,7 +142,7 @@ NFR_HD void naf_block_backward(const MarchSpec<T>& s, const GridSpec& g, const T
     for (int p = 0; p < S; ++p) encode_point(g, u[p], table, feat + p * E);
   }
   mlp_forward<T, W, U, S>(m, feat, E, h, z, y);
-  mlp_backward<T, W, U, S>(m, feat, E, h, z, y, g_out, param_acc, grad_feat);
+  mlp_backward<T, W, U, S>(m, feat, E, h, z, y, &g_out, 0, param_acc, grad_feat);
   for (int p = 0; p < S; ++p) {
     if constexpr (Keep) {
       for (int l = 0; l < L; ++l) level_backward_table(lcs[l], p, F, grad_feat + p * E + l * F, table_acc);

@@ -101,7 +101,7 @@ class HashGridConfig:
     def resolutions(self) -> tuple[int, ...]:
         """Cells per axis N_l of each level (N_l + 1 vertices)."""
         b = self.growth
-        return tuple(int(math.floor(self.base_resolution * b**level * (1 + _SLACK))) for level in range(self.n_levels))
+        return tuple(math.floor(self.base_resolution * b**level * (1 + _SLACK)) for level in range(self.n_levels))
 
     @property
     def dense(self) -> tuple[bool, ...]:

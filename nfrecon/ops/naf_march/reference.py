@@ -37,7 +37,7 @@ class MarchGeometry:
     """:func:`geometry_tensors` of ``cone`` (src, det, u, v: (views, 3) float64)."""
 
     @classmethod
-    def make(cls, cone: ConeGeometry, vol_geom: VolumeGeometry, n_samples: int, device=None) -> "MarchGeometry":
+    def make(cls, cone: ConeGeometry, vol_geom: VolumeGeometry, n_samples: int, device=None) -> MarchGeometry:
         box_min = tuple(float(v) for v in vol_geom.box_min)
         box_max = tuple(float(v) for v in vol_geom.box_max)
         return cls(cone, box_min, box_max, int(n_samples), geometry_tensors(cone, device))
@@ -64,6 +64,20 @@ class NAFMarchField:
     """1/mm: the field is ``mu_max * MLP output``."""
 
 
+def march_points(
+    geom: MarchGeometry, rays: torch.Tensor, offsets: torch.Tensor | None, box_min, box_size, dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unit-cube coordinates (R, N, 3) of the samples of ``rays`` on the field box ``box_min``,
+    ``box_size`` (mm), and the bin lengths dt (R, 1) mm; offsets (R, N) in [0, 1) or None."""
+    o, d = pixel_rays(geom.cone, rays, geom.tensors, dtype=dtype)
+    t_near, t_far = ray_box(o, d, geom.box_min, geom.box_max)
+    t, dt = stratified_samples(t_near, t_far, geom.n_samples, jitter=False, offsets=offsets)
+    points = o[:, None, :] + t[..., None] * d[:, None, :]
+    lo = torch.tensor(box_min, dtype=torch.float64, device=points.device).to(points.dtype)
+    size = torch.tensor(box_size, dtype=torch.float64, device=points.device).to(points.dtype)
+    return (points - lo) / size, dt
+
+
 def naf_march_reference(
     geom: MarchGeometry,
     field: NAFMarchField,
@@ -74,13 +88,8 @@ def naf_march_reference(
     biases: list[torch.Tensor],
 ) -> torch.Tensor:
     """Predicted line integrals (R,) of rays (R,) flat indices; offsets (R, N) in [0, 1) or None."""
-    o, d = pixel_rays(geom.cone, rays, geom.tensors, dtype=table.dtype)
-    t_near, t_far = ray_box(o, d, geom.box_min, geom.box_max)
-    t, dt = stratified_samples(t_near, t_far, geom.n_samples, jitter=False, offsets=offsets)
-    points = o[:, None, :] + t[..., None] * d[:, None, :]
-    lo = torch.tensor(field.box_min, dtype=torch.float64, device=points.device).to(points.dtype)
-    size = torch.tensor(field.box_size, dtype=torch.float64, device=points.device).to(points.dtype)
-    feat = hashgrid_reference((points - lo) / size, table, field.encoder)
+    u, dt = march_points(geom, rays, offsets, field.box_min, field.box_size, table.dtype)
+    feat = hashgrid_reference(u, table, field.encoder)
     out = mlp_forward(feat, weights, biases, field.skips, field.activation, field.out_activation)
     mu = out[..., 0] * torch.tensor(field.mu_max, dtype=torch.float64)
     return (mu * dt).sum(dim=-1)

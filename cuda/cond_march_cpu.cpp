@@ -1,0 +1,142 @@
+// CPU launcher of the fused conditioned (CondCBNT) ray march: one ray per loop iteration, its
+// samples in blocks of kCondBlock; float32 (fits, pretraining) and float64 (tests).
+#include <ATen/Dispatch.h>
+#include <ATen/Functions.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+// As in naf_march_cpu.cpp: 512-bit vectors for the auto-vectorised MLP loops.
+#pragma GCC target("prefer-vector-width=512")
+#include "args.h"
+#include "cpu_parallel.h"
+#include "nfrecon/cond_march.h"
+
+namespace nfrecon {
+namespace {
+
+// Samples evaluated together: smaller blocks than the NAF march, the FiLM vectors of a block
+// (S x P values, three copies) must stay in L1/L2.
+template <int W> constexpr int kCondBlock = W <= 32 ? 4 : 2;
+
+// The two networks' views; wt keeps the transposed weights alive.
+template <typename T>
+struct CondArgs {
+  std::vector<at::Tensor> bw, bb, mw, mb, wt_b, wt_m;
+  CondNets<T> nets;
+};
+
+template <typename T>
+CondArgs<T> cond_args(const at::Tensor& btable, at::TensorList bweights, at::TensorList bbiases, c10::IntArrayRef bgrid,
+                   c10::IntArrayRef bmlp, const at::Tensor& mtable, at::TensorList mweights, at::TensorList mbiases,
+                   c10::IntArrayRef mgrid, c10::IntArrayRef mmlp) {
+  TORCH_CHECK(btable.scalar_type() == mtable.scalar_type(), "nfrecon: both tables must have one dtype");
+  CondArgs<T> a;
+  a.bw = bweights.vec();
+  a.bb = bbiases.vec();
+  a.mw = mweights.vec();
+  a.mb = mbiases.vec();
+  a.nets.bg = grid_spec(bgrid, btable);
+  a.nets.mg = grid_spec(mgrid, mtable);
+  a.nets.bm = mlp_view<T>(a.bw, a.bb, bmlp, a.nets.bg.width(), a.wt_b);
+  a.nets.mm = mlp_view<T>(a.mw, a.mb, mmlp, a.nets.mg.width(), a.wt_m, kMaxFilm);
+  a.nets.btable = btable.data_ptr<T>();
+  a.nets.mtable = mtable.data_ptr<T>();
+  int film = 0;
+  for (int i = 0; i + 1 < a.nets.bm.n_layers; ++i) film += 2 * a.nets.bm.width[i];
+  TORCH_CHECK(a.nets.mm.width[a.nets.mm.n_layers - 1] == film, "nfrecon: the modulation must output ", film,
+              " FiLM values (2 x the backbone's hidden widths)");
+  return a;
+}
+
+template <typename T>
+const T* offsets_ptr(const at::Tensor& offsets, int64_t n_rays, int n_samples) {
+  if (offsets.numel() == 0) return nullptr;
+  TORCH_CHECK(offsets.dim() == 2 && offsets.size(0) == n_rays && offsets.size(1) == n_samples &&
+                  offsets.is_contiguous(), "nfrecon: offsets must be (rays, n_samples) or empty");
+  return offsets.data_ptr<T>();
+}
+
+at::Tensor cond_march_forward_cpu(const at::Tensor& rays, const at::Tensor& geometry, const at::Tensor& offsets,
+                                  const at::Tensor& btable, at::TensorList bweights, at::TensorList bbiases,
+                                  c10::IntArrayRef bgrid, c10::IntArrayRef bmlp, const at::Tensor& mtable,
+                                  at::TensorList mweights, at::TensorList mbiases, c10::IntArrayRef mgrid,
+                                  c10::IntArrayRef mmlp, c10::ArrayRef<double> box, double mu_max,
+                                  c10::IntArrayRef march) {
+  TORCH_CHECK(rays.dim() == 1 && rays.scalar_type() == at::kLong && rays.is_contiguous(), "nfrecon: rays must be (R,) int64");
+  const int64_t n_rays = rays.size(0);
+  at::Tensor out = at::empty({n_rays}, btable.options());
+  AT_DISPATCH_FLOATING_TYPES(btable.scalar_type(), "cond_march_forward_cpu", [&] {
+    using T = scalar_t;
+    const CondArgs<T> a = cond_args<T>(btable, bweights, bbiases, bgrid, bmlp, mtable, mweights, mbiases, mgrid, mmlp);
+    const MarchSpec<T> s = march_spec<T>(geometry, box, mu_max, march);
+    const T* off = offsets_ptr<T>(offsets, n_rays, s.n_samples);
+    const int64_t* r = rays.data_ptr<int64_t>();
+    T* o = out.data_ptr<T>();
+    with_widths(a.nets.bm, a.nets.mm, [&](auto width, auto ub, auto um) {
+      constexpr int W = decltype(width)::value;
+      constexpr bool UB = decltype(ub)::value, UM = decltype(um)::value;
+      at::parallel_for(0, n_rays, 8, [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) {
+          o[i] = cond_ray_forward<T, W, UB, UM, kCondBlock<W>, true>(
+              s, a.nets, r[i], off != nullptr ? off + i * s.n_samples : nullptr);
+        }
+      });
+    });
+  });
+  return out;
+}
+
+std::vector<at::Tensor> cond_march_backward_cpu(
+    const at::Tensor& grad, const at::Tensor& rays, const at::Tensor& geometry, const at::Tensor& offsets,
+    const at::Tensor& btable, at::TensorList bweights, at::TensorList bbiases, c10::IntArrayRef bgrid,
+    c10::IntArrayRef bmlp, const at::Tensor& mtable, at::TensorList mweights, at::TensorList mbiases,
+    c10::IntArrayRef mgrid, c10::IntArrayRef mmlp, c10::ArrayRef<double> box, double mu_max, c10::IntArrayRef march,
+    bool backbone_grad) {
+  const int64_t n_rays = rays.size(0);
+  TORCH_CHECK(grad.dim() == 1 && grad.size(0) == n_rays && grad.is_contiguous(), "nfrecon: grad must be (R,)");
+  const int64_t nbt = backbone_grad ? btable.numel() : 0, nmt = mtable.numel();
+  std::vector<at::Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES(btable.scalar_type(), "cond_march_backward_cpu", [&] {
+    using T = scalar_t;
+    const CondArgs<T> a = cond_args<T>(btable, bweights, bbiases, bgrid, bmlp, mtable, mweights, mbiases, mgrid, mmlp);
+    const MarchSpec<T> s = march_spec<T>(geometry, box, mu_max, march);
+    const T* off = offsets_ptr<T>(offsets, n_rays, s.n_samples);
+    const int64_t* r = rays.data_ptr<int64_t>();
+    const T* gr = grad.data_ptr<T>();
+    // one flat buffer: [backbone table, backbone MLP, modulation table, modulation MLP]; the
+    // backbone part is empty when its gradients are not asked for. Accumulated in double: the
+    // FiLM products make the per-sample terms of the first layers and tables cancel strongly.
+    const int64_t nbp = backbone_grad ? n_params(a.bw, a.bb) : 0, nmp = n_params(a.mw, a.mb);
+    at::Tensor flat = at::empty({nbt + nbp + nmt + nmp}, btable.options().dtype(at::kDouble));
+    with_widths(a.nets.bm, a.nets.mm, [&](auto width, auto ub, auto um) {
+      constexpr int W = decltype(width)::value;
+      constexpr bool UB = decltype(ub)::value, UM = decltype(um)::value;
+      auto run = [&](auto with_backbone) {
+        constexpr bool BG = decltype(with_backbone)::value;
+        chunked_accumulate<double>(n_rays, flat.numel(), flat.data_ptr<double>(), [&](int64_t b, int64_t e, double* buf) {
+          BufferAcc<double> bt{buf}, bp{buf + nbt}, mt{buf + nbt + nbp}, mp{buf + nbt + nbp + nmt};
+          for (int64_t i = b; i < e; ++i) {
+            cond_ray_backward<T, W, UB, UM, kCondBlock<W>, true, BG>(
+                s, a.nets, r[i], off != nullptr ? off + i * s.n_samples : nullptr, gr[i], bt, bp, mt, mp);
+          }
+        });
+      };
+      if (backbone_grad) {
+        run(std::true_type{});
+      } else {
+        run(std::false_type{});
+      }
+    });
+    out = cond_gradients(flat.to(btable.scalar_type()), backbone_grad, btable, a.bw, a.bb, mtable, a.mw, a.mb);
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(nfrecon, CPU, m) {
+  m.impl("cond_march_forward", &cond_march_forward_cpu);
+  m.impl("cond_march_backward", &cond_march_backward_cpu);
+}
+
+}  // namespace nfrecon
