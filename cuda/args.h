@@ -14,6 +14,7 @@
 
 #include "nfrecon/hashgrid.h"
 #include "nfrecon/mlp.h"
+#include "nfrecon/cond_march.h"
 #include "nfrecon/naf_march.h"
 
 namespace nfrecon {
@@ -147,48 +148,44 @@ inline int64_t n_params(const std::vector<at::Tensor>& weights, const std::vecto
 
 namespace nfrecon {
 
-// Calls f(std::integral_constant<int, W>, std::bool_constant<U>) with the smallest W in
-// {32, 64, 128, 256} that holds every hidden layer of m, and U = every hidden layer is W wide:
-// the per-point buffers of the MLP are sized at compile time, and the common uniform case
-// (NAF: 32, CondCBNT: 128) gets loops of a compile-time length.
-template <typename T, typename F> void with_width(const MLPView<T>& m, F&& f) {
-  const int width = max_hidden(m);
+// Calls f(std::integral_constant<int, W>) with the smallest W in {32, 64, 128, 256} >= width:
+// the per-point buffers of the MLPs are sized at compile time.
+template <typename F> void with_buffer_width(int width, F&& f) {
   TORCH_CHECK(width <= kMaxWidth, "nfrecon: MLP wider than ", kMaxWidth);
-  const int w = width <= 32 ? 32 : width <= 64 ? 64 : width <= 128 ? 128 : kMaxWidth;
-  bool uniform = m.n_layers > 1;
-  for (int i = 0; i + 1 < m.n_layers; ++i) uniform = uniform && m.width[i] == w;
-  auto go = [&](auto wc) {
-    if (uniform) return f(wc, std::true_type{});
+  if (width <= 32) return f(std::integral_constant<int, 32>{});
+  if (width <= 64) return f(std::integral_constant<int, 64>{});
+  if (width <= 128) return f(std::integral_constant<int, 128>{});
+  return f(std::integral_constant<int, kMaxWidth>{});
+}
+
+// Whether every hidden layer of m is exactly w wide.
+template <typename T> bool uniform_width(const MLPView<T>& m, int w) {
+  bool u = m.n_layers > 1;
+  for (int i = 0; i + 1 < m.n_layers; ++i) u = u && m.width[i] == w;
+  return u;
+}
+
+// Calls f(integral_constant W, bool_constant U): W as with_buffer_width for m's widest hidden
+// layer, U = every hidden layer is W wide, so that the common uniform case (NAF: 32, CondCBNT:
+// 128) gets loops of a compile-time length.
+template <typename T, typename F> void with_width(const MLPView<T>& m, F&& f) {
+  with_buffer_width(max_hidden(m), [&](auto wc) {
+    if (uniform_width(m, decltype(wc)::value)) return f(wc, std::true_type{});
     return f(wc, std::false_type{});
-  };
-  if (w == 32) return go(std::integral_constant<int, 32>{});
-  if (w == 64) return go(std::integral_constant<int, 64>{});
-  if (w == 128) return go(std::integral_constant<int, 128>{});
-  return go(std::integral_constant<int, kMaxWidth>{});
+  });
 }
 
 // with_width for two MLPs sharing one buffer width W (the conditioned march): calls
-// f(integral_constant W, bool_constant Ua, bool_constant Ub), U* = that MLP is uniformly W wide.
+// f(integral_constant W, bool_constant Ua, bool_constant Ub).
 template <typename T, typename F> void with_widths(const MLPView<T>& a, const MLPView<T>& b, F&& f) {
-  const int width = std::max(max_hidden(a), max_hidden(b));
-  TORCH_CHECK(width <= kMaxWidth, "nfrecon: MLP wider than ", kMaxWidth);
-  const int w = width <= 32 ? 32 : width <= 64 ? 64 : width <= 128 ? 128 : kMaxWidth;
-  auto uniform = [w](const MLPView<T>& m) {
-    bool u = m.n_layers > 1;
-    for (int i = 0; i + 1 < m.n_layers; ++i) u = u && m.width[i] == w;
-    return u;
-  };
-  const bool ua = uniform(a), ub = uniform(b);
-  auto go = [&](auto wc) {
+  with_buffer_width(std::max(max_hidden(a), max_hidden(b)), [&](auto wc) {
+    constexpr int W = decltype(wc)::value;
+    const bool ua = uniform_width(a, W), ub = uniform_width(b, W);
     if (ua && ub) return f(wc, std::true_type{}, std::true_type{});
     if (ua) return f(wc, std::true_type{}, std::false_type{});
     if (ub) return f(wc, std::false_type{}, std::true_type{});
     return f(wc, std::false_type{}, std::false_type{});
-  };
-  if (w == 32) return go(std::integral_constant<int, 32>{});
-  if (w == 64) return go(std::integral_constant<int, 64>{});
-  if (w == 128) return go(std::integral_constant<int, 128>{});
-  return go(std::integral_constant<int, kMaxWidth>{});
+  });
 }
 
 inline std::vector<at::Tensor> cond_gradients(const at::Tensor& flat, bool backbone_grad, const at::Tensor& btable,
@@ -207,6 +204,36 @@ inline std::vector<at::Tensor> cond_gradients(const at::Tensor& flat, bool backb
   const std::vector<at::Tensor> mparams = split_params(flat.narrow(0, nbt + nbp + nmt, flat.numel() - nbt - nbp - nmt), mw, mb);
   out.insert(out.end(), mparams.begin(), mparams.end());
   return out;
+}
+
+// The two networks' views; wt keeps the transposed weights alive.
+template <typename T>
+struct CondArgs {
+  std::vector<at::Tensor> bw, bb, mw, mb, wt_b, wt_m;
+  CondNets<T> nets;
+};
+
+template <typename T>
+CondArgs<T> cond_args(const at::Tensor& btable, at::TensorList bweights, at::TensorList bbiases, c10::IntArrayRef bgrid,
+                   c10::IntArrayRef bmlp, const at::Tensor& mtable, at::TensorList mweights, at::TensorList mbiases,
+                   c10::IntArrayRef mgrid, c10::IntArrayRef mmlp) {
+  TORCH_CHECK(btable.scalar_type() == mtable.scalar_type(), "nfrecon: both tables must have one dtype");
+  CondArgs<T> a;
+  a.bw = bweights.vec();
+  a.bb = bbiases.vec();
+  a.mw = mweights.vec();
+  a.mb = mbiases.vec();
+  a.nets.bg = grid_spec(bgrid, btable);
+  a.nets.mg = grid_spec(mgrid, mtable);
+  a.nets.bm = mlp_view<T>(a.bw, a.bb, bmlp, a.nets.bg.width(), a.wt_b);
+  a.nets.mm = mlp_view<T>(a.mw, a.mb, mmlp, a.nets.mg.width(), a.wt_m, kMaxFilm);
+  a.nets.btable = btable.data_ptr<T>();
+  a.nets.mtable = mtable.data_ptr<T>();
+  int film = 0;
+  for (int i = 0; i + 1 < a.nets.bm.n_layers; ++i) film += 2 * a.nets.bm.width[i];
+  TORCH_CHECK(a.nets.mm.width[a.nets.mm.n_layers - 1] == film, "nfrecon: the modulation must output ", film,
+              " FiLM values (2 x the backbone's hidden widths)");
+  return a;
 }
 
 }  // namespace nfrecon

@@ -18,36 +18,6 @@ namespace {
 // (S x P values, three copies) must stay in L1/L2.
 template <int W> constexpr int kCondBlock = W <= 32 ? 4 : 2;
 
-// The two networks' views; wt keeps the transposed weights alive.
-template <typename T>
-struct CondArgs {
-  std::vector<at::Tensor> bw, bb, mw, mb, wt_b, wt_m;
-  CondNets<T> nets;
-};
-
-template <typename T>
-CondArgs<T> cond_args(const at::Tensor& btable, at::TensorList bweights, at::TensorList bbiases, c10::IntArrayRef bgrid,
-                   c10::IntArrayRef bmlp, const at::Tensor& mtable, at::TensorList mweights, at::TensorList mbiases,
-                   c10::IntArrayRef mgrid, c10::IntArrayRef mmlp) {
-  TORCH_CHECK(btable.scalar_type() == mtable.scalar_type(), "nfrecon: both tables must have one dtype");
-  CondArgs<T> a;
-  a.bw = bweights.vec();
-  a.bb = bbiases.vec();
-  a.mw = mweights.vec();
-  a.mb = mbiases.vec();
-  a.nets.bg = grid_spec(bgrid, btable);
-  a.nets.mg = grid_spec(mgrid, mtable);
-  a.nets.bm = mlp_view<T>(a.bw, a.bb, bmlp, a.nets.bg.width(), a.wt_b);
-  a.nets.mm = mlp_view<T>(a.mw, a.mb, mmlp, a.nets.mg.width(), a.wt_m, kMaxFilm);
-  a.nets.btable = btable.data_ptr<T>();
-  a.nets.mtable = mtable.data_ptr<T>();
-  int film = 0;
-  for (int i = 0; i + 1 < a.nets.bm.n_layers; ++i) film += 2 * a.nets.bm.width[i];
-  TORCH_CHECK(a.nets.mm.width[a.nets.mm.n_layers - 1] == film, "nfrecon: the modulation must output ", film,
-              " FiLM values (2 x the backbone's hidden widths)");
-  return a;
-}
-
 template <typename T>
 const T* offsets_ptr(const at::Tensor& offsets, int64_t n_rays, int n_samples) {
   if (offsets.numel() == 0) return nullptr;
