@@ -2,7 +2,8 @@
 
 For each configuration (``naf-fast``: the CPU preset, 1024 rays x 64 samples; ``naf``:
 NAF's published field, 1024 rays x 192 samples; with ``--device cuda`` also 8192 rays x
-192) and each backend (torch, and cpp on the CPU or cuda on a GPU), one process runs
+192; the conditioned field at ``condcbnt-fast`` and CondCBNT's published sizes, at test time
+(modulation trained, backbone frozen) and in pretraining (both trained)) and each backend (torch, and cpp on the CPU or cuda on a GPU), one process runs
 ``--steps`` training steps (forward, backward, Adam) of a NAF field on random rays of the
 matching protocol and reports the median step time split into forward, backward and
 Adam, ray-samples per second and the process's peak memory. The ratio torch / kernel in
@@ -25,6 +26,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import queue as queue_module
 import resource
 import subprocess
 import sys
@@ -35,6 +37,8 @@ from pathlib import Path
 
 import torch
 
+from nfrecon.fields.base import use_backend
+from nfrecon.fields.conditioned import Backbone, BackboneConfig, ConditionedField, ModulationConfig, ModulationField
 from nfrecon.fields.hashgrid import HashGridConfig
 from nfrecon.fields.mlp import MLPConfig
 from nfrecon.fields.naf import NAFField, NAFFieldConfig
@@ -51,16 +55,47 @@ NAF_FAST = NAFFieldConfig(  # configs/naf-fast.yaml
     mlp=MLPConfig(hidden=(32, 32, 32), skips=(2,)),
 )
 NAF = NAFFieldConfig()  # NAF's published field (configs/naf.yaml)
+COND_FAST = (  # configs/condcbnt-fast.yaml: backbone, modulation
+    BackboneConfig(encoder=HashGridConfig(n_levels=8, log2_hashmap_size=16, base_resolution=8, per_level_scale=1.5),
+                   mlp=MLPConfig(hidden=(32, 32, 32), skips=())),
+    ModulationConfig(encoder=HashGridConfig(n_levels=4, log2_hashmap_size=14, base_resolution=4, per_level_scale=1.5),
+                     mlp=MLPConfig(hidden=(16,), skips=(), out_activation="none")),
+)
+COND = (BackboneConfig(), ModulationConfig())  # CondCBNT's published sizes (MLPs 3 x 128, FiLM 768)
+# name: (protocol, field config, rays, samples, what is trained: "all" or "modulation")
 CASES = {
-    "naf-fast 1024x64": ("small", NAF_FAST, 1024, 64),
-    "naf 1024x192": ("naf", NAF, 1024, 192),
-    "naf 8192x192": ("naf", NAF, 8192, 192),
+    "naf-fast 1024x64": ("small", NAF_FAST, 1024, 64, "all"),
+    "naf 1024x192": ("naf", NAF, 1024, 192, "all"),
+    "naf 8192x192": ("naf", NAF, 8192, 192, "all"),
+    "condcbnt-fast 1024x64 test-time": ("small", COND_FAST, 1024, 64, "modulation"),
+    "condcbnt-fast 1024x64 pretrain": ("small", COND_FAST, 1024, 64, "all"),
+    "condcbnt 1024x192 test-time": ("condcbnt", COND, 1024, 192, "modulation"),
 }
 
 
-def mlp_fmas(cfg: NAFFieldConfig) -> int:
-    """Multiply-adds of one forward pass of the MLP for one sample."""
-    return sum(fi * fo for fi, fo in cfg.mlp.layer_shapes(cfg.encoder.n_output_dims, 1))
+def mlp_fmas(cfg) -> int:
+    """Multiply-adds of one forward pass of the MLP(s) for one sample."""
+    if isinstance(cfg, NAFFieldConfig):
+        return sum(fi * fo for fi, fo in cfg.mlp.layer_shapes(cfg.encoder.n_output_dims, 1))
+    backbone, modulation = cfg
+    film = 2 * sum(backbone.film_widths)
+    return (sum(fi * fo for fi, fo in backbone.mlp.layer_shapes(backbone.encoder.n_output_dims, 1))
+            + sum(fi * fo for fi, fo in modulation.mlp.layer_shapes(modulation.encoder.n_output_dims, film)))
+
+
+def make_field(field_cfg, vg, backend: str, trained: str) -> tuple[torch.nn.Module, list]:
+    """The field of a case and the parameters its optimiser trains."""
+    if isinstance(field_cfg, NAFFieldConfig):
+        field = NAFField(field_cfg, vg, mu_max=0.05, backend=backend)
+        return field, list(field.parameters())
+    backbone = Backbone(field_cfg[0], mu_max=0.05)
+    modulation = ModulationField(field_cfg[1], backbone.film_widths)
+    field = ConditionedField(backbone, modulation, vg)
+    use_backend(field, backend)
+    if trained == "modulation":
+        backbone.requires_grad_(False)
+        return field, list(modulation.parameters())
+    return field, list(field.parameters())
 
 
 def cpu_peak_gflops(cores: int) -> tuple[float, float]:
@@ -79,14 +114,15 @@ def cpu_peak_gflops(cores: int) -> tuple[float, float]:
 def _step_worker(case: str, backend: str, device: str, steps: int, threads: int, queue) -> None:
     torch.set_num_threads(threads)
     warnings.simplefilter("ignore")
-    protocol, field_cfg, n_rays, n_samples = CASES[case]
+    protocol, field_cfg, n_rays, n_samples, trained = CASES[case]
     p = get_protocol(protocol)
     geom, vg = p.cone_geometry(), p.volume_geometry()
     dev = torch.device(device)
     torch.manual_seed(0)
-    field = NAFField(field_cfg, vg, mu_max=0.05, backend=backend).to(dev)
+    field, params = make_field(field_cfg, vg, backend, trained)
+    field.to(dev)
     marcher = RayMarcher(geom, vg, n_samples, dev)
-    opt = torch.optim.Adam(field.parameters(), lr=1e-3)
+    opt = torch.optim.Adam(params, lr=1e-3)
     gen = torch.Generator().manual_seed(0)
     jitter = torch.Generator(device=dev).manual_seed(1)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
@@ -114,7 +150,7 @@ def _step_worker(case: str, backend: str, device: str, steps: int, threads: int,
         "case": case, "backend": backend, "rays": n_rays, "samples": n_samples, "steps_timed": steps,
         "forward_ms": med[0] * 1e3, "backward_ms": med[1] * 1e3, "adam_ms": med[2] * 1e3, "step_ms": med[3] * 1e3,
         "ray_samples_per_s": n_rays * n_samples / med[3], "peak_rss_mib": peak, "peak_gpu_mib": gpu_peak,
-        "params": sum(q.numel() for q in field.parameters()),
+        "params": sum(q.numel() for q in field.parameters()), "trained_params": sum(q.numel() for q in params),
     })
 
 
@@ -123,9 +159,15 @@ def run_steps(case: str, backend: str, device: str, steps: int, threads: int) ->
     queue = ctx.Queue()
     proc = ctx.Process(target=_step_worker, args=(case, backend, device, steps, threads, queue))
     proc.start()
-    result = queue.get()
-    proc.join()
-    return result
+    while proc.is_alive() or not queue.empty():
+        try:
+            result = queue.get(timeout=5)
+        except queue_module.Empty:  # still running, or died (the loop checks)
+            pass
+        else:
+            proc.join()
+            return result
+    raise RuntimeError(f"{case} / {backend}: the worker died (exit code {proc.exitcode})")
 
 
 def run_main_job(backend: str, threads: int) -> dict:
@@ -168,7 +210,7 @@ def main() -> None:
     peak, ghz = cpu_peak_gflops(args.threads)
     for case in cases:
         t, k = (next(r for r in rows if r["case"] == case and r["backend"] == b) for b in ("torch", kernel))
-        _, field_cfg, n_rays, n_samples = CASES[case]
+        _, field_cfg, n_rays, n_samples, _ = CASES[case]
         bound_ms = 4 * mlp_fmas(field_cfg) * n_rays * n_samples / (peak * 1e9) * 1e3
         speedups[case] = {"speedup": t["step_ms"] / k["step_ms"], "mlp_fma_bound_ms": bound_ms,
                           "kernel_over_bound": k["step_ms"] / bound_ms}
