@@ -92,6 +92,15 @@ template <typename T> int max_hidden(const MLPView<T>& m) {
   return w;
 }
 
+// A march's bin offsets (rays, n_samples), or null for midpoints when the tensor is empty.
+template <typename T>
+const T* offsets_ptr(const at::Tensor& offsets, int64_t n_rays, int n_samples) {
+  if (offsets.numel() == 0) return nullptr;
+  TORCH_CHECK(offsets.dim() == 2 && offsets.size(0) == n_rays && offsets.size(1) == n_samples &&
+                  offsets.is_contiguous(), "nfrecon: offsets must be (rays, n_samples) or empty");
+  return offsets.data_ptr<T>();
+}
+
 // box = [lo(3), hi(3), field_min(3), field_size(3)] mm; march = [det_rows, det_cols, n_samples]
 template <typename T>
 MarchSpec<T> march_spec(const at::Tensor& geometry, c10::ArrayRef<double> box, double mu_max, c10::IntArrayRef march) {

@@ -18,14 +18,6 @@ namespace {
 // (S x P values, three copies) must stay in L1/L2.
 template <int W> constexpr int kCondBlock = W <= 32 ? 4 : 2;
 
-template <typename T>
-const T* offsets_ptr(const at::Tensor& offsets, int64_t n_rays, int n_samples) {
-  if (offsets.numel() == 0) return nullptr;
-  TORCH_CHECK(offsets.dim() == 2 && offsets.size(0) == n_rays && offsets.size(1) == n_samples &&
-                  offsets.is_contiguous(), "nfrecon: offsets must be (rays, n_samples) or empty");
-  return offsets.data_ptr<T>();
-}
-
 at::Tensor cond_march_forward_cpu(const at::Tensor& rays, const at::Tensor& geometry, const at::Tensor& offsets,
                                   const at::Tensor& btable, at::TensorList bweights, at::TensorList bbiases,
                                   c10::IntArrayRef bgrid, c10::IntArrayRef bmlp, const at::Tensor& mtable,

@@ -64,14 +64,6 @@ __global__ void cond_march_backward_kernel(MarchSpec<T> s, CondNets<T> n, const 
   }
 }
 
-template <typename T>
-const T* offsets_ptr(const at::Tensor& offsets, int64_t n_rays, int n_samples) {
-  if (offsets.numel() == 0) return nullptr;
-  TORCH_CHECK(offsets.dim() == 2 && offsets.size(0) == n_rays && offsets.size(1) == n_samples &&
-                  offsets.is_contiguous(), "nfrecon: offsets must be (rays, n_samples) or empty");
-  return offsets.data_ptr<T>();
-}
-
 at::Tensor cond_march_forward_cuda(const at::Tensor& rays, const at::Tensor& geometry, const at::Tensor& offsets,
                                    const at::Tensor& btable, at::TensorList bweights, at::TensorList bbiases,
                                    c10::IntArrayRef bgrid, c10::IntArrayRef bmlp, const at::Tensor& mtable,

@@ -20,14 +20,6 @@ namespace {
 // registers), fewer for wider MLPs, whose blocks live in L1 anyway.
 template <int W> constexpr int kCpuBlock = W <= 32 ? 8 : W <= 64 ? 4 : 2;
 
-template <typename T>
-const T* offsets_ptr(const at::Tensor& offsets, int64_t n_rays, int n_samples) {
-  if (offsets.numel() == 0) return nullptr;  // midpoints
-  TORCH_CHECK(offsets.dim() == 2 && offsets.size(0) == n_rays && offsets.size(1) == n_samples &&
-                  offsets.is_contiguous(), "nfrecon: offsets must be (rays, n_samples) or empty");
-  return offsets.data_ptr<T>();
-}
-
 at::Tensor naf_march_forward_cpu(const at::Tensor& rays, const at::Tensor& geometry, const at::Tensor& offsets,
                                  const at::Tensor& table, at::TensorList weights, at::TensorList biases,
                                  c10::IntArrayRef grid, c10::IntArrayRef mlp, c10::ArrayRef<double> box,
