@@ -40,28 +40,20 @@ __global__ void cond_march_backward_kernel(MarchSpec<T> s, CondNets<T> n, const 
                                            const T* grad, T* grad_btable, T* grad_mtable, T* grad_params,
                                            int64_t n_bparams, int64_t n_params, bool shared_params, int64_t n_rays) {
   extern __shared__ unsigned char shared_raw[];
-  T* shared = reinterpret_cast<T*>(shared_raw);
-  if (shared_params) {
-    for (int64_t j = threadIdx.x; j < n_params; j += blockDim.x) shared[j] = T(0);
-    __syncthreads();
-  }
+  BlockParams<T> params(grad_params, n_params, shared_params, shared_raw);
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < n_rays * s.n_samples) {
     const int64_t r = i / s.n_samples;
     const int k = int(i - r * s.n_samples);
     T o[3], d[3], t_near, dt;
     if (grad[r] != T(0) && ray_bins(s, rays[r], o, d, t_near, dt)) {
-      T* params = shared_params ? shared : grad_params;
-      AtomicAcc<T> bt{grad_btable}, bp{params}, mt{grad_mtable}, mp{params + n_bparams};
+      AtomicAcc<T> bt{grad_btable}, bp{params.buffer()}, mt{grad_mtable}, mp{params.buffer() + n_bparams};
       cond_block_backward<T, W, UB, UM, 1, false, BG>(s, n, o, d, t_near, dt, k,
                                                       offsets != nullptr ? offsets + r * s.n_samples : nullptr,
                                                       grad[r] * dt * s.mu_max, bt, bp, mt, mp);
     }
   }
-  if (shared_params) {
-    __syncthreads();
-    for (int64_t j = threadIdx.x; j < n_params; j += blockDim.x) atomicAdd(grad_params + j, shared[j]);
-  }
+  params.flush();
 }
 
 at::Tensor cond_march_forward_cuda(const at::Tensor& rays, const at::Tensor& geometry, const at::Tensor& offsets,

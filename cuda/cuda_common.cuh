@@ -40,4 +40,28 @@ struct AtomicAcc {
   }
 };
 
+// The MLP parameter gradients of one block: summed in shared memory (when use_shared, i.e. they
+// fit) and added to global memory once per parameter and block by flush(), else added to global
+// memory directly. Every thread of the block must construct it and call flush().
+template <typename T>
+struct BlockParams {
+  T* global;
+  int64_t n;
+  bool use_shared;
+  T* shared;
+  __device__ BlockParams(T* global_, int64_t n_, bool use_shared_, void* shared_mem)
+      : global(global_), n(n_), use_shared(use_shared_), shared(static_cast<T*>(shared_mem)) {
+    if (use_shared) {
+      for (int64_t j = threadIdx.x; j < n; j += blockDim.x) shared[j] = T(0);
+      __syncthreads();
+    }
+  }
+  __device__ T* buffer() const { return use_shared ? shared : global; }
+  __device__ void flush() {
+    if (!use_shared) return;
+    __syncthreads();
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) atomicAdd(global + j, shared[j]);
+  }
+};
+
 }  // namespace nfrecon

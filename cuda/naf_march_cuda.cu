@@ -35,11 +35,7 @@ __global__ void naf_march_backward_kernel(MarchSpec<T> s, GridSpec g, const T* t
                                           const T* offsets, const T* grad, T* grad_table, T* grad_params,
                                           int64_t n_params, bool shared_params, int64_t n_rays) {
   extern __shared__ unsigned char shared_raw[];
-  T* shared = reinterpret_cast<T*>(shared_raw);
-  if (shared_params) {
-    for (int64_t j = threadIdx.x; j < n_params; j += blockDim.x) shared[j] = T(0);
-    __syncthreads();
-  }
+  BlockParams<T> params(grad_params, n_params, shared_params, shared_raw);
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < n_rays * s.n_samples) {
     const int64_t r = i / s.n_samples;
@@ -48,15 +44,12 @@ __global__ void naf_march_backward_kernel(MarchSpec<T> s, GridSpec g, const T* t
     if (grad[r] != T(0) && ray_bins(s, rays[r], o, d, t_near, dt)) {
       const T* off = offsets != nullptr ? offsets + r * s.n_samples : nullptr;
       AtomicAcc<T> table_acc{grad_table};
-      AtomicAcc<T> param_acc{shared_params ? shared : grad_params};
+      AtomicAcc<T> param_acc{params.buffer()};
       naf_sample_backward<T, W, U>(s, g, table, m, o, d, t_near, dt, k, off, grad[r] * dt * s.mu_max, table_acc,
                                 param_acc);
     }
   }
-  if (shared_params) {
-    __syncthreads();
-    for (int64_t j = threadIdx.x; j < n_params; j += blockDim.x) atomicAdd(grad_params + j, shared[j]);
-  }
+  params.flush();
 }
 
 at::Tensor naf_march_forward_cuda(const at::Tensor& rays, const at::Tensor& geometry, const at::Tensor& offsets,
