@@ -161,9 +161,3 @@ def _build(kind: str, root: Path) -> BuildResult:
             log = exc.output.decode(errors="replace") if isinstance(exc.output, bytes) else str(exc.output)
         return BuildResult(False, f"building the {kind} kernels failed: {_first_error(log)}")
     return BuildResult(True, path=str(path))
-
-
-def build_status() -> dict[str, BuildResult]:
-    """What :func:`load` says of both libraries (builds them if needed)."""
-    return {kind: load(kind) for kind in ("cpu", "cuda")}
-
