@@ -101,12 +101,13 @@ def _uneven_full_circle() -> dict:
      ({"n_views": 100, "arc_deg": 215.0, "start_deg": -40.0}, "hann", 1.0, (2.5e-3, 3e-5, 2e-3))],
     ids=["full-uneven-ramlak", "short-hann"],
 )
-def test_matches_rtk_fdk_on_shepp_logan(rtk, scan, filt, hann, bounds):
+@pytest.mark.parametrize("backend", ["torch", "cpp"])  # the same bounds for the fused backprojection
+def test_matches_rtk_fdk_on_shepp_logan(rtk, scan, filt, hann, bounds, backend):
     phantom = EllipsoidPhantom.shepp_logan(radius_mm=60.0)
     vg = VolumeGeometry.cube(64, 2.0)
     geom = ConeGeometry.circular(sod=400.0, sdd=600.0, det_shape=(64, 80), pixel_size=3.0, **scan)  # fan 22.6 deg
     proj = phantom.project(geom).astype(np.float32)
-    ours = fdk(torch.from_numpy(proj), geom, vg, filter=filt).numpy()
+    ours = fdk(torch.from_numpy(proj), geom, vg, filter=filt, backend=backend).numpy()
     ref = rtk_fdk(proj, geom, vg, hann=hann, parker="n_views" in scan)
     truth = phantom.voxelize(vg, supersample=1)
     inside = truth > 0
