@@ -21,6 +21,13 @@ class InputError(ValueError):
             recorded.append(self)
 
 
+def first_of(items, noun: str = "") -> str:
+    """``items[0]``, followed by " (and N more <noun>)" when there are others: how a message
+    names the first of several problems."""
+    rest = len(items) - 1
+    return f"{items[0]}" + (f" (and {rest} more{' ' + noun if noun else ''})" if rest > 0 else "")
+
+
 @contextlib.contextmanager
 def recording_input_errors():
     """Yield a list that receives every InputError created inside the block (the CLI uses it

@@ -61,7 +61,8 @@ def _fit_worker(scan_path: str, out: str, preset: str, loss: str, steps: int, ev
         stop=dataclasses.replace(base.stop, patience=0, restore_best=False),
         output=dataclasses.replace(base.output, tensorboard=False, progress=False, checkpoint_every=0, preview_every=0),
     )
-    gt = load_scan(scan_path).gt
+    scan = load_scan(scan_path)
+    gt = scan.gt
     curve, clock = [], {"eval": 0.0, "start": time.perf_counter()}
 
     def on_step(run) -> None:
@@ -72,7 +73,7 @@ def _fit_worker(scan_path: str, out: str, preset: str, loss: str, steps: int, ev
             curve.append([run.step, elapsed, psnr(vol, gt)])
             clock["eval"] += time.perf_counter() - t0
 
-    result, _ = run_fit(cfg, overwrite=True, on_step=on_step)
+    result = run_fit(cfg, scan, overwrite=True, on_step=on_step)
     seconds = time.perf_counter() - clock["start"] - clock["eval"]
     queue.put({
         "loss": loss, "steps": result.steps_run, "seconds": seconds,

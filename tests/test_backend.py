@@ -90,7 +90,7 @@ def test_a_cpp_fit_reaches_the_psnr_of_the_torch_fit(scan_file, tmp_path):
                         field=field, sampling=SamplingConfig(rays_per_step=512, mode="all", n_samples=32),
                         stop=StopConfig(holdout_fraction=0.1, eval_every=50, patience=0),
                         output=OutputConfig(checkpoint_every=0, preview_every=0, tensorboard=False, progress=False))
-        result, _ = run_fit(cfg)
+        result = run_fit(cfg)
         psnr[backend] = result.metrics["vs_ground_truth"]["psnr_db"]
     assert psnr["torch"] > 20  # the fit did learn the phantom
     assert abs(psnr["cpp"] - psnr["torch"]) < 0.1, psnr

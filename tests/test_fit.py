@@ -55,7 +55,7 @@ def _cfg(scan_file, out, **kw):
 
 
 def test_killed_fit_resumes_bit_for_bit(scan_file, tmp_path, monkeypatch):
-    full, _ = run_fit(_cfg(scan_file, tmp_path / "full"))
+    full = run_fit(_cfg(scan_file, tmp_path / "full"))
 
     def interrupt(run):
         if run.step == 13:  # after the checkpoint at step 8: steps 9-13 are redone on resume
@@ -68,7 +68,7 @@ def test_killed_fit_resumes_bit_for_bit(scan_file, tmp_path, monkeypatch):
     monkeypatch.setattr(fit_loop.FitRun, "run", original)
     state = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)
     assert state["step"] == 13  # written on the interrupt
-    resumed, _ = run_fit(_cfg(scan_file, tmp_path / "killed"), resume=True)
+    resumed = run_fit(_cfg(scan_file, tmp_path / "killed"), resume=True)
     assert resumed.steps_run == full.steps_run == 24
     assert np.array_equal(resumed.volume, full.volume)
     a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)["model"]
@@ -105,7 +105,7 @@ sys.exit(main(sys.argv[5:]))
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_mid_step_then_resume_is_bit_for_bit(scan_file, tmp_path, sig):
-    full, _ = run_fit(_cfg(scan_file, tmp_path / "full"))
+    full = run_fit(_cfg(scan_file, tmp_path / "full"))
     dump_yaml(_cfg(scan_file, tmp_path / "killed"), tmp_path / "run.yaml")
     argv = ["fit", "--preset", "none", "--config", str(tmp_path / "run.yaml")]
     marker = tmp_path / "in-step-13"
@@ -220,7 +220,7 @@ def test_non_finite_loss_rolls_back_and_lowers_the_rate(scan_file, tmp_path, mon
 
     monkeypatch.setattr(fit_loop.FitRun, "_loss", flaky)
     with pytest.warns(UserWarning, match="rolled back"):
-        result, _ = run_fit(_cfg(scan_file, tmp_path / "run", steps=10))
+        result = run_fit(_cfg(scan_file, tmp_path / "run", steps=10))
     assert result.steps_run == 10 and np.all(np.isfinite(result.volume))
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert state["lr_scale"] == 0.25

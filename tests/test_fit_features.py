@@ -82,7 +82,7 @@ def test_automatic_stopping_ends_the_fit_and_exports_the_best_held_out_state(sca
         if run.step % stop.eval_every == 0:
             states[run.step] = run.volume()
 
-    result, _ = run_fit(cfg, on_step=record)
+    result = run_fit(cfg, on_step=record)
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     history = m["holdout_history"]
     assert [s for s, _ in history] == list(range(4, m["steps_run"] + 1, 4))
@@ -100,7 +100,7 @@ def test_with_restore_best_off_the_last_state_is_exported(scan_file, tmp_path):
     stop = StopConfig(holdout_fraction=0.2, eval_every=4, patience=2, min_improvement=0.02, restore_best=False)
     cfg = _cfg(scan_file, tmp_path / "run", steps=400, stop=stop, optim=OptimConfig(lr=1e-2, schedule="constant"))
     last = {}
-    result, _ = run_fit(cfg, on_step=lambda run: last.update(volume=run.volume()))
+    result = run_fit(cfg, on_step=lambda run: last.update(volume=run.volume()))
     m = result.metrics
     assert m["stopped_early"] and m["exported_step"] == m["steps_run"] < cfg.steps
     assert np.array_equal(_zyx(tmp_path / "run" / "volume.nii.gz"), last["volume"])

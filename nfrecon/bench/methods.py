@@ -125,7 +125,7 @@ def _run_neural(scan: Scan, job: dict, device: torch.device) -> dict:
         if run.step % every == 0:
             curve.append(clock.point(lambda: psnr(evaluate_grid(run.model, run.grid_geom), gt), run.step))
 
-    result, _ = run_fit(cfg, overwrite=True, on_step=on_step)
+    result = run_fit(cfg, scan, overwrite=True, on_step=on_step)
     seconds = clock.elapsed()
     quality = _quality(result.metrics["vs_ground_truth"])
     curve.append([seconds, quality["psnr_db"], result.metrics["exported_step"]])

@@ -12,7 +12,6 @@ import torch
 from nfrecon.cli.common import parse, resolve_device
 from nfrecon.configio import dump_yaml
 from nfrecon.data.scan import load_scan
-from nfrecon.errors import InputError
 from nfrecon.fsutil import check_output_dir
 from nfrecon.outputs.results import write_results
 from nfrecon.recon.fdk import fdk
@@ -56,8 +55,7 @@ def main(argv: list[str], prog: str) -> int:
     args = parse(FdkArgs, argv, prog, DESCRIPTION)
     check_output_dir(args.out)
     scan = load_scan(args.scan)
-    if scan.recon_geom is None:
-        raise InputError(f"{args.scan}: the scan has no reconstruction grid (recon_geometry)")
+    scan.require_recon_grid(args.scan)
     device = resolve_device(args.device)
     short = {"auto": "auto", "on": True, "off": False}[args.short_scan]
     start = time.perf_counter()

@@ -74,7 +74,7 @@ def main(argv: list[str], prog: str) -> int:
     model = f"backbone {cfg.backbone}, " if cfg.method == "condcbnt" else ""
     print(f"fit: {cfg.method}, preset {name or 'none'}, {model}{cfg.steps} steps, {cfg.sampling.rays_per_step} rays x "
           f"{cfg.sampling.n_samples} samples per step, scan {cfg.scan or 'built-in phantom'}, out {cfg.out}")
-    result, _ = run_fit(cfg, resume=args.resume, overwrite=args.overwrite)
+    result = run_fit(cfg, resume=args.resume, overwrite=args.overwrite)
     m = result.metrics
     stop = f"stopped automatically at step {result.steps_run}" if result.stopped_early else f"ran {result.steps_run} steps"
     print(f"{stop}; exported the state of step {m['exported_step']}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 import torch
 
@@ -13,7 +13,6 @@ from nfrecon.bench.iterative import DEFAULT_ITERS, DEFAULT_LAM, DEFAULT_SUBSETS,
 from nfrecon.cli.common import parse, resolve_device
 from nfrecon.configio import dump_yaml
 from nfrecon.data.scan import load_scan
-from nfrecon.errors import InputError
 from nfrecon.fsutil import check_output_dir
 from nfrecon.outputs.progress import progress
 from nfrecon.outputs.results import write_results
@@ -37,13 +36,13 @@ class IterativeArgs:
     """Run folder."""
     method: Method = "tv"
     """Solver."""
-    iters: Optional[int] = None
+    iters: int | None = None
     """Iterations (default depends on the method, see above)."""
     subsets: int = DEFAULT_SUBSETS
     """os-sart: number of ordered subsets (subset j holds views j, j+K, ...)."""
     lam: float = DEFAULT_LAM
     """tv: relative weight of the total variation (see above)."""
-    tol: Optional[float] = None
+    tol: float | None = None
     """Stop early: tv when the relative change of x per iteration, the others when the
     relative residual falls below this."""
     nonneg: bool = True
@@ -66,8 +65,7 @@ def main(argv: list[str], prog: str) -> int:
     settings = IterativeSettings(args.method, args.iters, args.subsets, args.lam, args.tol, args.nonneg, args.backend)
     check_output_dir(args.out)
     scan = load_scan(args.scan)
-    if scan.recon_geom is None:
-        raise InputError(f"{args.scan}: the scan has no reconstruction grid (recon_geometry)")
+    scan.require_recon_grid(args.scan)
     settings.check(scan.geom.n_views)
     device = resolve_device(args.device)
     bar = progress(settings.n_iter, desc=args.method, unit="it")

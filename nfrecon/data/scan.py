@@ -90,6 +90,13 @@ class Scan:
         except (TypeError, ValueError) as exc:
             raise InputError(f"metadata: not JSON-serialisable ({exc})") from exc
 
+    def require_recon_grid(self, source) -> VolumeGeometry:
+        """The reconstruction grid; InputError naming ``source`` (the scan's file) when the scan
+        has none."""
+        if self.recon_geom is None:
+            raise InputError(f"{source}: the scan has no reconstruction grid (recon_geometry); add one to the file")
+        return self.recon_geom
+
     # ------------------------------------------------------------------ derived scans
     def views(self, idx) -> "Scan":
         """The scan restricted to some views, e.g. ``scan.views(slice(None, None, 8))``.

@@ -20,9 +20,11 @@ from pathlib import Path
 
 import torch
 
-from nfrecon.errors import InputError
+from nfrecon.errors import InputError, first_of
 from nfrecon.fsutil import atomic_path
 
+CHECKPOINT_FORMAT = "nfrecon-checkpoint"
+"""The ``format`` tag of every checkpoint dict (runs, pretraining, modulations, backbones)."""
 CHECKSUM_KEY = "checksum"
 # torch's message on refused pickles advises loading with weights_only=False, which would run
 # the file's code: the lines of its message that mention weights_only or torch.load are dropped.
@@ -80,8 +82,8 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
     """
     bad = non_finite_entries(state)
     if bad:
-        raise RuntimeError(f"{path}: refusing to write a checkpoint with NaN/Inf in {bad[0]}"
-                           f"{f' (and {len(bad) - 1} more)' if len(bad) > 1 else ''}; the previous one is kept")
+        raise RuntimeError(f"{path}: refusing to write a checkpoint with NaN/Inf in {first_of(bad)}; "
+                           "the previous one is kept")
     state = {**state, CHECKSUM_KEY: payload_checksum(state)}
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         torch.save(state, f)
@@ -109,7 +111,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
             raise InputError(f"{path}: refused: the file holds Python objects other than tensors and plain data "
                              f"({_reason(exc)}); nfrecon never loads such files") from exc
         raise InputError(f"{path}: corrupt or unreadable checkpoint ({_reason(exc)})") from exc
-    if not isinstance(state, dict) or state.get("format") != "nfrecon-checkpoint":
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise InputError(f"{path}: not an nfrecon checkpoint")
     stored = state.pop(CHECKSUM_KEY, None)
     if stored is None:
@@ -124,8 +126,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
             raise InputError(f"{path}: corrupt checkpoint (checksum mismatch: the file changed after it was written)")
     bad = non_finite_entries(state)
     if bad:
-        raise InputError(f"{path}: corrupt checkpoint: {bad[0]} holds NaN or Inf"
-                         f"{f' (and {len(bad) - 1} more tensors)' if len(bad) > 1 else ''}")
+        raise InputError(f"{path}: corrupt checkpoint: {first_of(bad, 'tensors')} holds NaN or Inf")
     return state
 
 

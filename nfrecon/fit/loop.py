@@ -21,9 +21,9 @@ import torch
 from nfrecon.configio import to_dict
 from nfrecon.data.scan import Scan
 from nfrecon.data.volumes import resample
-from nfrecon.errors import InputError
+from nfrecon.errors import InputError, first_of
 from nfrecon.fields.base import evaluate_grid
-from nfrecon.fit.checkpoint import config_mismatches, load_checkpoint, save_checkpoint
+from nfrecon.fit.checkpoint import CHECKPOINT_FORMAT, config_mismatches, load_checkpoint, save_checkpoint
 from nfrecon.fit.config import FitConfig, SamplingConfig
 from nfrecon.fit.signals import Interrupted, StopRequest
 from nfrecon.fit.stopping import EarlyStopper, split_views
@@ -150,7 +150,7 @@ class FitRun:
 
     def state_dict(self) -> dict:
         return {
-            "format": "nfrecon-checkpoint",
+            "format": CHECKPOINT_FORMAT,
             "step": self.step,
             "config": self._config_dict(),
             "model": self.model.state_dict(),
@@ -168,8 +168,7 @@ class FitRun:
         now = {k: self._config_dict()[k] for k in model_keys}
         diff = config_mismatches(saved, now)
         if diff:
-            more = f" (and {len(diff) - 1} more)" if len(diff) > 1 else ""
-            raise InputError(f"{path}: checkpoint was made with another config: {diff[0]}{more}")
+            raise InputError(f"{path}: checkpoint was made with another config: {first_of(diff)}")
         try:
             self.model.load_state_dict(state["model"])
             self.opt.load_state_dict(state["optimizer"])

@@ -81,10 +81,10 @@ from torch.nn.parallel import DistributedDataParallel
 from nfrecon.configio import dump_yaml, to_dict
 from nfrecon.data.scan import Scan
 from nfrecon.data.volumes import resample
-from nfrecon.errors import InputError
+from nfrecon.errors import InputError, first_of
 from nfrecon.fields.base import evaluate_grid, use_backend
 from nfrecon.fields.conditioned import Backbone, ConditionedField, ModulationField
-from nfrecon.fit.checkpoint import config_mismatches, load_checkpoint, save_checkpoint
+from nfrecon.fit.checkpoint import CHECKPOINT_FORMAT, config_mismatches, load_checkpoint, save_checkpoint
 from nfrecon.fit.config import PretrainConfig
 from nfrecon.fit.distributed import Dist, init_distributed
 from nfrecon.fit.loop import RaySource, lr_factor
@@ -225,8 +225,7 @@ class Pretrainer:
         now = {k: to_dict(self.cfg)[k] for k in keys}
         diff = config_mismatches(saved, now)
         if diff:
-            more = f" (and {len(diff) - 1} more)" if len(diff) > 1 else ""
-            raise InputError(f"{path}: checkpoint was made with another config: {diff[0]}{more}")
+            raise InputError(f"{path}: checkpoint was made with another config: {first_of(diff)}")
         return state
 
     def _check_resume_state(self, state: dict) -> None:
@@ -258,8 +257,7 @@ class Pretrainer:
 
     def _read(self, path: Path) -> Scan:
         scan = read_scan(path)
-        if scan.recon_geom is None:
-            raise InputError(f"{path}: the scan has no reconstruction grid (recon_geometry)")
+        scan.require_recon_grid(path)
         if self.cfg.data == "voxels" and scan.gt is None:
             raise InputError(f"{path}: --data voxels needs a ground truth in every scan, this one has none "
                              f"(use --data projections)")
@@ -325,13 +323,13 @@ class Pretrainer:
         folder = f"modulations-{self.step:08d}"
         for item in self.items:
             save_checkpoint(self.out / folder / f"{item.index:05d}.pt", {
-                "format": "nfrecon-checkpoint", "kind": "modulation", "name": item.name, "step": self.step,
+                "format": CHECKPOINT_FORMAT, "kind": "modulation", "name": item.name, "step": self.step,
                 "state": item.modulation.state_dict(), "optimizer": item.opt.state_dict(),
             })
         self.d.barrier()
         if self.d.is_main:
             save_checkpoint(self.out / "checkpoint.pt", {
-                "format": "nfrecon-checkpoint", "kind": "pretrain", "step": self.step, "config": to_dict(self.cfg),
+                "format": CHECKPOINT_FORMAT, "kind": "pretrain", "step": self.step, "config": to_dict(self.cfg),
                 "scans": self.names, "skipped": [m for _, m in self.skipped], "world_size": self.d.world_size,
                 "mu_max": float(self.backbone.mu_max), "backbone_config": to_dict(self.cfg.model.backbone),
                 "backbone": self.backbone.state_dict(), "backbone_optimizer": self.backbone_opt.state_dict(),
@@ -353,7 +351,7 @@ class Pretrainer:
         folder = os.environ.get(DUMP_ENV)
         if folder:
             save_checkpoint(Path(folder) / f"rank{self.d.rank}-{tag}.pt", {
-                "format": "nfrecon-checkpoint", "kind": "dump", "step": self.step, "rank": self.d.rank,
+                "format": CHECKPOINT_FORMAT, "kind": "dump", "step": self.step, "rank": self.d.rank,
                 "backbone": self.backbone.state_dict(),
                 "modulations": {item.name: item.modulation.state_dict() for item in self.items},
             })

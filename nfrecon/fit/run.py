@@ -20,11 +20,11 @@ from nfrecon.configio import dump_yaml, from_dict, to_dict
 from nfrecon.data.naf_pickle import load_naf_pickle
 from nfrecon.data.scan import Scan, load_scan
 from nfrecon.devices import resolve_device
-from nfrecon.errors import InputError
+from nfrecon.errors import InputError, first_of
 from nfrecon.fields.base import use_backend
 from nfrecon.fields.conditioned import Backbone, BackboneConfig, ConditionedField, ModulationConfig, ModulationField
 from nfrecon.fields.naf import NAFField
-from nfrecon.fit.checkpoint import config_mismatches, load_checkpoint, save_checkpoint
+from nfrecon.fit.checkpoint import CHECKPOINT_FORMAT, config_mismatches, load_checkpoint, save_checkpoint
 from nfrecon.fit.config import FitConfig
 from nfrecon.fit.loop import FitResult, FitRun
 from nfrecon.fsutil import check_output_dir
@@ -120,7 +120,7 @@ class BackboneFile:
 def save_backbone(path: str | Path, backbone: Backbone, modulation: ModulationConfig, step: int, n_scans: int) -> None:
     """Write backbone weights, configs and mu_max to ``path`` atomically (weights-only loadable)."""
     save_checkpoint(path, {
-        "format": "nfrecon-checkpoint",
+        "format": CHECKPOINT_FORMAT,
         "kind": BACKBONE_KIND,
         "software": f"nfrecon {nfrecon.__version__}",
         "config": to_dict(backbone.cfg),
@@ -155,8 +155,7 @@ def load_backbone(path: str | Path, expected: BackboneConfig | None = None) -> B
     if expected is not None:
         diff = config_mismatches(to_dict(file.backbone), to_dict(expected), prefix="condcbnt.backbone.")
         if diff:
-            more = f" (and {len(diff) - 1} more)" if len(diff) > 1 else ""
-            raise InputError(f"{path}: the backbone was pretrained with another config: {diff[0]}{more}")
+            raise InputError(f"{path}: the backbone was pretrained with another config: {first_of(diff)}")
     backbone = Backbone(file.backbone, file.mu_max)
     try:
         backbone.load_state_dict(file.state)
@@ -195,8 +194,10 @@ def prepare_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
         raise InputError(f"{out}: holds a run already (checkpoint.pt); use --resume to continue it or --overwrite to start over")
 
 
-def run_fit(cfg: FitConfig, resume: bool = False, overwrite: bool = False, on_step=None) -> tuple[FitResult, Scan]:
-    """Fit the field of ``cfg`` to its scan; outputs land in ``cfg.out``.
+def run_fit(cfg: FitConfig, scan: Scan | None = None, *, resume: bool = False, overwrite: bool = False,
+            on_step=None) -> FitResult:
+    """Fit the field of ``cfg`` to ``scan`` (default: read ``cfg.scan``, or simulate the
+    built-in phantom); outputs land in ``cfg.out``.
 
     ``on_step(run)`` is called after every step with the :class:`FitRun` (e.g. to record
     quality over time in benchmarks).
@@ -207,9 +208,9 @@ def run_fit(cfg: FitConfig, resume: bool = False, overwrite: bool = False, on_st
     prepare_run_folder(out, resume, overwrite)
     device = resolve_device(cfg.device)
     backend = resolve_backend(cfg.backend, device)
-    scan = read_scan(cfg.scan, cfg.seed)
-    if scan.recon_geom is None:
-        raise InputError(f"{cfg.scan}: the scan has no reconstruction grid (recon_geometry); add one to the file")
+    if scan is None:
+        scan = read_scan(cfg.scan, cfg.seed)
+    scan.require_recon_grid(cfg.scan or "built-in phantom")
     torch.manual_seed(cfg.seed)
     if cfg.method == "condcbnt":
         model, groups = build_conditioned(cfg, scan)
@@ -219,4 +220,4 @@ def run_fit(cfg: FitConfig, resume: bool = False, overwrite: bool = False, on_st
     run = FitRun(model, scan, cfg, device, param_groups=groups)
     out.mkdir(parents=True, exist_ok=True)
     dump_yaml(cfg, out / "config.yaml")
-    return run.run(resume=resume, on_step=on_step), scan
+    return run.run(resume=resume, on_step=on_step)
