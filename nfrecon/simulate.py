@@ -20,9 +20,10 @@ import numpy as np
 import torch
 
 from nfrecon.data.counts import add_noise
+from nfrecon.data.hu import MU_WATER
 from nfrecon.data.phantom import EllipsoidPhantom
+from nfrecon.data.resample import resample
 from nfrecon.data.scan import Scan
-from nfrecon.data.volumes import MU_WATER, resample
 from nfrecon.errors import InputError
 from nfrecon.geometry.cone import ConeGeometry
 from nfrecon.geometry.volume import VolumeGeometry

@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from nfrecon.bench.iterative import IterativeSettings, reconstruct
-from nfrecon.data.volumes import read_ct, resample
+from nfrecon.data.resample import resample
+from nfrecon.data.volumes import read_ct
 from nfrecon.fsutil import atomic_write_text
 from nfrecon.geometry.protocols import get_protocol
 from nfrecon.metrics import psnr

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from nfrecon.data.augment import AugmentConfig, Augmentation, augment_ct
-from nfrecon.data.volumes import read_ct, resample
+from nfrecon.data.augment import Augmentation, AugmentConfig, augment_ct
+from nfrecon.data.resample import resample
+from nfrecon.data.volumes import read_ct
 from nfrecon.geometry.volume import VolumeGeometry
 
 IDENTITY = AugmentConfig.identity()

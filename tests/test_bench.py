@@ -16,7 +16,7 @@ from nfrecon.cli import main
 from nfrecon.fields.conditioned import Backbone, BackboneConfig, ModulationConfig
 from nfrecon.fields.hashgrid import HashGridConfig
 from nfrecon.fields.mlp import MLPConfig
-from nfrecon.fit.run import save_backbone
+from nfrecon.fit.backbone import save_backbone
 
 STEPS = 12
 

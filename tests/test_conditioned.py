@@ -7,8 +7,8 @@ from nfrecon.errors import InputError
 from nfrecon.fields.conditioned import Backbone, BackboneConfig, ConditionedField, ModulationConfig, ModulationField
 from nfrecon.fields.hashgrid import HashGridConfig
 from nfrecon.fields.mlp import MLPConfig
+from nfrecon.fit.backbone import load_backbone, read_backbone, save_backbone
 from nfrecon.fit.checkpoint import save_checkpoint
-from nfrecon.fit.run import load_backbone, read_backbone, save_backbone
 from nfrecon.geometry.volume import VolumeGeometry
 
 BACKBONE = BackboneConfig(

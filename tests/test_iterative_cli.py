@@ -17,7 +17,6 @@ from nfrecon.geometry.volume import VolumeGeometry
 from nfrecon.ops.projector import VoxelProjector
 
 
-
 @pytest.fixture(scope="module")
 def scan_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("iterative")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from nfrecon.data.procedural import PatientConfig, generate_patient
-from nfrecon.data.volumes import resample
+from nfrecon.data.resample import resample
 from nfrecon.errors import InputError
 
 SMALL = PatientConfig(shape=(40, 40, 40), voxel_size=(9.0, 9.0, 9.0))  # a 360 mm box

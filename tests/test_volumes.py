@@ -6,8 +6,10 @@ import pytest
 import torch
 from scipy import ndimage
 
+from nfrecon.data.hu import hu_to_mu, mu_to_hu
 from nfrecon.data.nifti import volume_affine
-from nfrecon.data.volumes import hu_to_mu, mu_to_hu, read_ct, read_mu_volume, resample
+from nfrecon.data.resample import resample
+from nfrecon.data.volumes import read_ct, read_mu_volume
 from nfrecon.errors import InputError
 from nfrecon.geometry.volume import VolumeGeometry
 

@@ -10,8 +10,8 @@ from typing import Optional
 import numpy as np
 
 from nfrecon.cli.common import parse
+from nfrecon.data.hu import hu_to_mu
 from nfrecon.data.nifti import read_nifti_tagged
-from nfrecon.data.volumes import hu_to_mu
 from nfrecon.errors import InputError
 from nfrecon.metrics import evaluate
 

@@ -11,8 +11,9 @@ from nfrecon.cli import presets
 from nfrecon.cli.common import parse
 from nfrecon.cli.presets import RunOptions
 from nfrecon.configio import load_yaml, merge, to_dict
+from nfrecon.fit.backbone import read_backbone
 from nfrecon.fit.config import FitConfig
-from nfrecon.fit.run import read_backbone, run_fit
+from nfrecon.fit.run import run_fit
 
 DESCRIPTION = """Fit a neural attenuation field to a scan by differentiable ray marching, then export
 <out>/volume.nii.gz, preview.png, metrics.json (held-out projection error; PSNR/SSIM when the

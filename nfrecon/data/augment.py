@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nfrecon.data.volumes import resample
+from nfrecon.data.resample import resample
 from nfrecon.errors import InputError
 from nfrecon.geometry.volume import VolumeGeometry
 

@@ -21,13 +21,48 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from nfrecon.data.volumes import MU_WATER, image_to_volume, mu_to_hu
+from nfrecon.data.hu import MU_WATER, mu_to_hu
 from nfrecon.errors import InputError
 from nfrecon.fsutil import atomic_path
 from nfrecon.geometry.volume import VolumeGeometry
 
 _TAG = "nfrecon"
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+AXIS_TOLERANCE = 1e-4  # largest off-diagonal affine term accepted, relative to the voxel size
+
+
+def image_to_volume(img: nib.spatialimages.SpatialImage, name) -> tuple[np.ndarray, VolumeGeometry]:
+    """(float32 [z, y, x], VolumeGeometry in scanner mm) of a 3D image with an (x, y, z) affine.
+
+    The image is reoriented to the closest RAS+ canonical orientation; the result must then
+    be axis-aligned (no rotation or shear), else InputError. ``name`` labels errors.
+    """
+    shape = img.shape
+    if len(shape) == 4 and shape[3] == 1:
+        img = img.slicer[..., 0]
+    elif len(shape) != 3:
+        raise InputError(f"{name}: expected a 3D volume, got shape {tuple(shape)}")
+    affine = np.asarray(img.affine, dtype=np.float64)
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise InputError(f"{name}: the affine is singular or not finite, cannot place the voxels")
+    canon = nib.as_closest_canonical(img)
+    lin = canon.affine[:3, :3]
+    spacing = np.diag(lin).copy()
+    if np.max(np.abs(lin - np.diag(spacing))) > AXIS_TOLERANCE * np.min(np.abs(spacing)) or np.any(spacing <= 0):
+        raise InputError(f"{name}: the affine is rotated or oblique; only axis-aligned volumes are supported "
+                         "(resample it to an axis-aligned grid first)")
+    try:
+        data = np.asarray(canon.get_fdata(dtype=np.float32))
+    except (OSError, EOFError, ValueError, zlib.error) as exc:
+        raise InputError(f"{name}: cannot read the voxel data, the file is truncated or corrupt ({exc})") from exc
+    if not np.all(np.isfinite(data)):
+        raise InputError(f"{name}: the volume contains NaN or Inf")
+    shape_xyz = np.asarray(data.shape)
+    center_xyz = canon.affine[:3, 3] + (shape_xyz - 1) / 2 * spacing
+    geom = VolumeGeometry(tuple(shape_xyz[::-1]), tuple(spacing[::-1]), tuple(center_xyz[::-1]))
+    return np.ascontiguousarray(data.transpose(2, 1, 0)), geom
 
 
 def volume_affine(geom: VolumeGeometry) -> np.ndarray:

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from nfrecon.configio import to_dict
+from nfrecon.data.resample import resample
 from nfrecon.data.scan import Scan
-from nfrecon.data.volumes import resample
 from nfrecon.errors import InputError, first_of
 from nfrecon.fields.base import evaluate_grid
 from nfrecon.fit.checkpoint import CHECKPOINT_FORMAT, config_mismatches, load_checkpoint, save_checkpoint

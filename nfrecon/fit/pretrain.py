@@ -79,16 +79,17 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from nfrecon.configio import dump_yaml, to_dict
+from nfrecon.data.resample import resample
 from nfrecon.data.scan import Scan
-from nfrecon.data.volumes import resample
 from nfrecon.errors import InputError, first_of
 from nfrecon.fields.base import evaluate_grid, use_backend
 from nfrecon.fields.conditioned import Backbone, ConditionedField, ModulationField
+from nfrecon.fit.backbone import save_backbone
 from nfrecon.fit.checkpoint import CHECKPOINT_FORMAT, config_mismatches, load_checkpoint, save_checkpoint
 from nfrecon.fit.config import PretrainConfig
 from nfrecon.fit.distributed import Dist, init_distributed
 from nfrecon.fit.loop import RaySource, lr_factor
-from nfrecon.fit.run import estimate_mu_max, mean_attenuation, prepare_run_folder, read_scan, save_backbone
+from nfrecon.fit.run import estimate_mu_max, mean_attenuation, prepare_run_folder, read_scan
 from nfrecon.fit.signals import Interrupted, StopRequest
 from nfrecon.fsutil import atomic_write_text
 from nfrecon.metrics import psnr

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nfrecon.data.hu import MU_WATER
 from nfrecon.data.nifti import write_nifti
-from nfrecon.data.volumes import MU_WATER
 from nfrecon.fsutil import atomic_paths, atomic_write_text
 from nfrecon.geometry.volume import VolumeGeometry
 from nfrecon.metrics import evaluate

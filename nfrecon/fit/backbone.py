@@ -1,0 +1,80 @@
+"""The file format of a pretrained CondCBNT backbone (``backbone.pt``).
+
+Written by ``nfrecon pretrain``, read by ``nfrecon fit --method condcbnt``: a checkpoint dict
+(:mod:`nfrecon.fit.checkpoint`, weights only, checksummed) with ``kind: "backbone"``, the
+backbone and modulation configs, ``mu_max`` (1/mm), the backbone's state dict, the
+pretraining step and the number of training scans.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import nfrecon
+from nfrecon.configio import from_dict, to_dict
+from nfrecon.errors import InputError, first_of
+from nfrecon.fields.conditioned import Backbone, BackboneConfig, ModulationConfig
+from nfrecon.fit.checkpoint import CHECKPOINT_FORMAT, config_mismatches, load_checkpoint, save_checkpoint
+
+BACKBONE_KIND = "backbone"
+
+
+@dataclass
+class BackboneFile:
+    """The contents of a backbone.pt."""
+
+    backbone: BackboneConfig
+    modulation: ModulationConfig
+    """The modulation sizes used in pretraining (test-time fits default to them)."""
+    mu_max: float
+    state: dict
+    step: int
+    n_scans: int
+
+
+def save_backbone(path: str | Path, backbone: Backbone, modulation: ModulationConfig, step: int, n_scans: int) -> None:
+    """Write backbone weights, configs and mu_max to ``path`` atomically (weights-only loadable)."""
+    save_checkpoint(path, {
+        "format": CHECKPOINT_FORMAT,
+        "kind": BACKBONE_KIND,
+        "software": f"nfrecon {nfrecon.__version__}",
+        "config": to_dict(backbone.cfg),
+        "modulation_config": to_dict(modulation),
+        "mu_max": float(backbone.mu_max),
+        "state": {k: v.detach().cpu() for k, v in backbone.state_dict().items()},
+        "step": int(step),
+        "n_scans": int(n_scans),
+    })
+
+
+def read_backbone(path: str | Path) -> BackboneFile:
+    """Read a backbone.pt; InputError naming the file when it is missing, corrupt or something else."""
+    state = load_checkpoint(path)
+    if state.get("kind") != BACKBONE_KIND:
+        raise InputError(f"{path}: not a pretrained backbone (kind {state.get('kind', 'fit checkpoint')!r}); "
+                         f"pass the backbone.pt written by 'nfrecon pretrain'")
+    try:
+        return BackboneFile(
+            backbone=from_dict(BackboneConfig, state["config"], f"{path}: config"),
+            modulation=from_dict(ModulationConfig, state["modulation_config"], f"{path}: modulation_config"),
+            mu_max=float(state["mu_max"]), state=state["state"], step=int(state["step"]), n_scans=int(state["n_scans"]),
+        )
+    except KeyError as exc:
+        raise InputError(f"{path}: incomplete backbone file (no {exc.args[0]!r})") from exc
+
+
+def load_backbone(path: str | Path, expected: BackboneConfig | None = None) -> Backbone:
+    """The pretrained backbone in ``path``; with ``expected``, its config must equal that one
+    (InputError naming the first differing key, as ``condcbnt.backbone.<key>``)."""
+    file = read_backbone(path)
+    if expected is not None:
+        diff = config_mismatches(to_dict(file.backbone), to_dict(expected), prefix="condcbnt.backbone.")
+        if diff:
+            raise InputError(f"{path}: the backbone was pretrained with another config: {first_of(diff)}")
+    backbone = Backbone(file.backbone, file.mu_max)
+    try:
+        backbone.load_state_dict(file.state)
+    except (RuntimeError, KeyError) as exc:
+        raise InputError(f"{path}: the weights do not fit the stored config ({str(exc).splitlines()[0][:200]})") from exc
+    return backbone
