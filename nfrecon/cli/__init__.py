@@ -20,6 +20,7 @@ COMMANDS = {
     "pretrain": ("nfrecon.cli.pretrain", "pretrain a CondCBNT backbone across scans (DDP via torchrun)"),
     "bench": ("nfrecon.cli.bench", "results table of every method on one protocol"),
     "eval": ("nfrecon.cli.evaluate", "PSNR/SSIM of a reconstruction against a ground truth (JSON)"),
+    "import-rtk": ("nfrecon.cli.import_rtk", "a scan file from an RTK projection stack (.mha) and geometry XML"),
     "info": ("nfrecon.cli.info", "summarise a scan file or a NIfTI volume"),
     "doctor": ("nfrecon.cli.doctor", "which backends (torch, cpp, cuda, tcnn) run here, and why not"),
 }
