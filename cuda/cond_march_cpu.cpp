@@ -5,6 +5,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <memory>
+
 // As in naf_march_cpu.cpp: 512-bit vectors for the auto-vectorised MLP loops.
 #pragma GCC target("prefer-vector-width=512")
 #include "args.h"
@@ -14,9 +16,17 @@
 namespace nfrecon {
 namespace {
 
-// Samples evaluated together: smaller blocks than the NAF march, the FiLM vectors of a block
-// (S x P values, three copies) must stay in L1/L2.
-template <int W> constexpr int kCondBlock = W <= 32 ? 4 : 2;
+// Samples evaluated together. Large blocks: each weight row and, in the backward, each row of
+// the thread's (double) parameter-gradient buffer is touched once per block; the modulation
+// network's last layer alone is P x 128 values (P = 768 at the published sizes).
+#ifndef NFR_COND_BLOCK
+#define NFR_COND_BLOCK 16
+#endif
+constexpr int kCondBlock = NFR_COND_BLOCK;
+
+// One ray scratch per chunk of rays, on the heap (too large for an OpenMP thread's stack).
+template <typename T, int W>
+using RayScratch = CondRayScratch<T, W, kCondBlock, true>;
 
 at::Tensor cond_march_forward_cpu(const at::Tensor& rays, const at::Tensor& geometry, const at::Tensor& offsets,
                                   const at::Tensor& btable, at::TensorList bweights, at::TensorList bbiases,
@@ -38,9 +48,10 @@ at::Tensor cond_march_forward_cpu(const at::Tensor& rays, const at::Tensor& geom
       constexpr int W = decltype(width)::value;
       constexpr bool UB = decltype(ub)::value, UM = decltype(um)::value;
       at::parallel_for(0, n_rays, 8, [&](int64_t b, int64_t e) {
+        auto sc = std::make_unique<RayScratch<T, W>>();
         for (int64_t i = b; i < e; ++i) {
-          o[i] = cond_ray_forward<T, W, UB, UM, kCondBlock<W>, true>(
-              s, a.nets, r[i], off != nullptr ? off + i * s.n_samples : nullptr);
+          o[i] = cond_ray_forward<T, W, UB, UM, kCondBlock, true>(
+              s, a.nets, r[i], off != nullptr ? off + i * s.n_samples : nullptr, *sc);
         }
       });
     });
@@ -77,9 +88,10 @@ std::vector<at::Tensor> cond_march_backward_cpu(
         constexpr bool BG = decltype(with_backbone)::value;
         chunked_accumulate<double>(n_rays, flat.numel(), flat.data_ptr<double>(), [&](int64_t b, int64_t e, double* buf) {
           BufferAcc<double> bt{buf}, bp{buf + nbt}, mt{buf + nbt + nbp}, mp{buf + nbt + nbp + nmt};
+          auto sc = std::make_unique<RayScratch<T, W>>();
           for (int64_t i = b; i < e; ++i) {
-            cond_ray_backward<T, W, UB, UM, kCondBlock<W>, true, BG>(
-                s, a.nets, r[i], off != nullptr ? off + i * s.n_samples : nullptr, gr[i], bt, bp, mt, mp);
+            cond_ray_backward<T, W, UB, UM, kCondBlock, true, BG>(
+                s, a.nets, r[i], off != nullptr ? off + i * s.n_samples : nullptr, gr[i], *sc, bt, bp, mt, mp);
           }
         });
       };

@@ -30,8 +30,9 @@ __global__ void cond_march_forward_kernel(MarchSpec<T> s, CondNets<T> n, const i
   T o[3], d[3], t_near, dt;
   if (!ray_bins(s, rays[r], o, d, t_near, dt)) return;
   T value[1];
+  CondScratch<T, W, 1, false> sc;
   cond_block_forward<T, W, UB, UM, 1, false>(s, n, o, d, t_near, dt, k,
-                                             offsets != nullptr ? offsets + r * s.n_samples : nullptr, value);
+                                             offsets != nullptr ? offsets + r * s.n_samples : nullptr, sc, value);
   atomicAdd(out + r, value[0]);
 }
 
@@ -48,9 +49,10 @@ __global__ void cond_march_backward_kernel(MarchSpec<T> s, CondNets<T> n, const 
     T o[3], d[3], t_near, dt;
     if (grad[r] != T(0) && ray_bins(s, rays[r], o, d, t_near, dt)) {
       AtomicAcc<T> bt{grad_btable}, bp{params.buffer()}, mt{grad_mtable}, mp{params.buffer() + n_bparams};
+      CondScratch<T, W, 1, false> sc;
       cond_block_backward<T, W, UB, UM, 1, false, BG>(s, n, o, d, t_near, dt, k,
                                                       offsets != nullptr ? offsets + r * s.n_samples : nullptr,
-                                                      grad[r] * dt * s.mu_max, bt, bp, mt, mp);
+                                                      grad[r] * dt * s.mu_max, sc, bt, bp, mt, mp);
     }
   }
   params.flush();

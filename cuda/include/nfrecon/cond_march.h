@@ -8,7 +8,8 @@
 // with hidden layer i of the backbone act(z_i * (1 + dgamma_i) + beta_i).
 //
 // Memory: as the NAF march (naf_march.h): nothing per sample in memory, the backward
-// recomputes both networks per block of S samples on the thread's stack. The backward always
+// recomputes both networks per block of S samples in a caller-owned CondScratch (a local of
+// each CUDA thread, S = 1; one heap buffer per CPU thread, large blocks). The backward always
 // computes the modulation's gradients; the backbone's (its table and MLP) only when asked
 // (pretraining, or test-time fitting with an unfrozen backbone), else its parameter
 // accumulator is a no-op the compiler removes.
@@ -77,6 +78,24 @@ struct CondBlock {
   LevelCorners<T, S> lb[Keep ? kMaxLevels : 1];
 };
 
+// Everything a block's forward and backward write: the block and the backward's gradients of
+// the encodings and FiLM vectors.
+template <typename T, int W, int S, bool Keep>
+struct CondScratch {
+  CondBlock<T, W, S, Keep> blk;
+  T gfb[S * kMaxEncoding];
+  T gfm[S * kMaxEncoding];
+  T gfilm[S * kMaxFilm];
+};
+
+// The scratch of a ray: blocks of S samples, then the remainder one by one (for W = 128 and
+// S = 16 about 0.6 MB in float32: the CPU launcher keeps it on the heap).
+template <typename T, int W, int S, bool Keep>
+struct CondRayScratch {
+  CondScratch<T, W, S, Keep> block;
+  CondScratch<T, W, 1, Keep> one;
+};
+
 // Forward of samples k0 .. k0 + S - 1 into blk (what both forward and backward need).
 // (The accumulators are only prefetched into: the rows the backward will add to.)
 template <typename T, int W, bool UB, bool UM, int S, bool Keep, typename BTableAcc, typename MTableAcc>
@@ -95,8 +114,8 @@ NFR_HD void cond_block_eval(const MarchSpec<T>& s, const CondNets<T>& n, const T
 // mu * dt of samples k0 .. k0 + S - 1 into out[0, S).
 template <typename T, int W, bool UB, bool UM, int S, bool Keep>
 NFR_HD void cond_block_forward(const MarchSpec<T>& s, const CondNets<T>& n, const T o[3], const T d[3], T t_near,
-                               T dt, int k0, const T* offsets, T* out) {
-  CondBlock<T, W, S, Keep> blk;
+                               T dt, int k0, const T* offsets, CondScratch<T, W, S, Keep>& sc, T* out) {
+  CondBlock<T, W, S, Keep>& blk = sc.blk;
   cond_block_eval<T, W, UB, UM, S, Keep, NoAcc, NoAcc>(s, n, o, d, t_near, dt, k0, offsets, blk, nullptr, nullptr);
   for (int p = 0; p < S; ++p) out[p] = (blk.yb[p] * s.mu_max) * dt;
 }
@@ -106,12 +125,12 @@ NFR_HD void cond_block_forward(const MarchSpec<T>& s, const CondNets<T>& n, cons
 // bparam_acc when BackboneGrad.
 template <typename T, int W, bool UB, bool UM, int S, bool Keep, bool BackboneGrad, typename Acc>
 NFR_HD void cond_block_backward(const MarchSpec<T>& s, const CondNets<T>& n, const T o[3], const T d[3], T t_near,
-                                T dt, int k0, const T* offsets, T g_out, Acc& btable_acc, Acc& bparam_acc,
-                                Acc& mtable_acc, Acc& mparam_acc) {
-  CondBlock<T, W, S, Keep> blk;
-  T gfb[S * kMaxEncoding];
-  T gfm[S * kMaxEncoding];
-  T gfilm[S * kMaxFilm];
+                                T dt, int k0, const T* offsets, T g_out, CondScratch<T, W, S, Keep>& sc,
+                                Acc& btable_acc, Acc& bparam_acc, Acc& mtable_acc, Acc& mparam_acc) {
+  CondBlock<T, W, S, Keep>& blk = sc.blk;
+  T* gfb = sc.gfb;
+  T* gfm = sc.gfm;
+  T* gfilm = sc.gfilm;
   cond_block_eval<T, W, UB, UM, S, Keep, Acc, Acc>(s, n, o, d, t_near, dt, k0, offsets, blk,
                                                    BackboneGrad ? &btable_acc : nullptr, &mtable_acc);
   const int P = n.mm.width[n.mm.n_layers - 1];
@@ -131,19 +150,20 @@ NFR_HD void cond_block_backward(const MarchSpec<T>& s, const CondNets<T>& n, con
 
 // Predicted line integral of one ray (blocks of S, then the remainder one by one).
 template <typename T, int W, bool UB, bool UM, int S, bool Keep>
-NFR_HD T cond_ray_forward(const MarchSpec<T>& s, const CondNets<T>& n, int64_t ray, const T* offsets) {
+NFR_HD T cond_ray_forward(const MarchSpec<T>& s, const CondNets<T>& n, int64_t ray, const T* offsets,
+                          CondRayScratch<T, W, S, Keep>& sc) {
   T o[3], d[3], t_near, dt;
   if (!ray_bins(s, ray, o, d, t_near, dt)) return T(0);
   T sum = T(0);
   int k = 0;
   for (; k + S <= s.n_samples; k += S) {
     T out[S];
-    cond_block_forward<T, W, UB, UM, S, Keep>(s, n, o, d, t_near, dt, k, offsets, out);
+    cond_block_forward<T, W, UB, UM, S, Keep>(s, n, o, d, t_near, dt, k, offsets, sc.block, out);
     for (int p = 0; p < S; ++p) sum += out[p];
   }
   for (; k < s.n_samples; ++k) {
     T out[1];
-    cond_block_forward<T, W, UB, UM, 1, Keep>(s, n, o, d, t_near, dt, k, offsets, out);
+    cond_block_forward<T, W, UB, UM, 1, Keep>(s, n, o, d, t_near, dt, k, offsets, sc.one, out);
     sum += out[0];
   }
   return sum;
@@ -152,18 +172,19 @@ NFR_HD T cond_ray_forward(const MarchSpec<T>& s, const CondNets<T>& n, int64_t r
 // Backward of one ray given dL/d(line integral) grad.
 template <typename T, int W, bool UB, bool UM, int S, bool Keep, bool BackboneGrad, typename Acc>
 NFR_HD void cond_ray_backward(const MarchSpec<T>& s, const CondNets<T>& n, int64_t ray, const T* offsets, T grad,
-                              Acc& btable_acc, Acc& bparam_acc, Acc& mtable_acc, Acc& mparam_acc) {
+                              CondRayScratch<T, W, S, Keep>& sc, Acc& btable_acc, Acc& bparam_acc, Acc& mtable_acc,
+                              Acc& mparam_acc) {
   T o[3], d[3], t_near, dt;
   if (grad == T(0) || !ray_bins(s, ray, o, d, t_near, dt)) return;
   const T g_out = grad * dt * s.mu_max;
   int k = 0;
   for (; k + S <= s.n_samples; k += S) {
-    cond_block_backward<T, W, UB, UM, S, Keep, BackboneGrad>(s, n, o, d, t_near, dt, k, offsets, g_out, btable_acc,
-                                                             bparam_acc, mtable_acc, mparam_acc);
+    cond_block_backward<T, W, UB, UM, S, Keep, BackboneGrad>(s, n, o, d, t_near, dt, k, offsets, g_out, sc.block,
+                                                             btable_acc, bparam_acc, mtable_acc, mparam_acc);
   }
   for (; k < s.n_samples; ++k) {
-    cond_block_backward<T, W, UB, UM, 1, Keep, BackboneGrad>(s, n, o, d, t_near, dt, k, offsets, g_out, btable_acc,
-                                                             bparam_acc, mtable_acc, mparam_acc);
+    cond_block_backward<T, W, UB, UM, 1, Keep, BackboneGrad>(s, n, o, d, t_near, dt, k, offsets, g_out, sc.one,
+                                                             btable_acc, bparam_acc, mtable_acc, mparam_acc);
   }
 }
 
