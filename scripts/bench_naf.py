@@ -30,11 +30,11 @@ from pathlib import Path
 
 import torch
 
-from nfrecon.cli.fit import base_config
 from nfrecon.data.scan import load_scan, save_scan
 from nfrecon.data.volumes import read_ct
 from nfrecon.fields.base import evaluate_grid
 from nfrecon.fit.config import LossConfig
+from nfrecon.fit.presets import fit_config
 from nfrecon.fit.run import run_fit
 from nfrecon.fit.stopping import EarlyStopper
 from nfrecon.fsutil import atomic_write_text
@@ -55,7 +55,7 @@ def _peak_rss_mb() -> float:
 def _fit_worker(scan_path: str, out: str, preset: str, loss: str, steps: int, every: int, threads: int, queue) -> None:
     torch.set_num_threads(threads)
     warnings.simplefilter("ignore")
-    base = base_config(preset, None, "cpu")
+    base = fit_config(preset, None, "cpu").config
     cfg = dataclasses.replace(
         base, scan=Path(scan_path), out=Path(out), steps=steps, device="cpu", loss=LossConfig(kind=loss),
         stop=dataclasses.replace(base.stop, patience=0, restore_best=False),
@@ -123,7 +123,7 @@ def main() -> int:
         print(f"{name:12s} PSNR {rows[name]['final']['psnr_db']:6.2f} dB  SSIM {rows[name]['final']['ssim_3d']:.3f}  "
               f"{rows[name]['seconds']:.2f} s", flush=True)
 
-    defaults = base_config(args.preset, None, "cpu").stop
+    defaults = fit_config(args.preset, None, "cpu").config.stop
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp:
         scan_path = str(Path(tmp) / "scan.h5")
@@ -148,7 +148,7 @@ def main() -> int:
     result = {
         "benchmark": "NAF fit vs FDK, sparse noisy views, CPU",
         "ct": args.ct.name, "protocol": protocol.to_dict(), "preset": args.preset,
-        "fit_config": json.loads(json.dumps(dataclasses.asdict(base_config(args.preset, None, "cpu")), default=str)),
+        "fit_config": json.loads(json.dumps(dataclasses.asdict(fit_config(args.preset, None, "cpu").config), default=str)),
         "steps": args.steps, "threads_per_fit": args.threads,
         "metrics": {k: DEFINITIONS[k] for k in ("psnr_db", "ssim_3d")},
         "rows": rows, **provenance(),

@@ -183,3 +183,75 @@ def test_console_script_entry_point():
     assert done.returncode == 0 and "nfrecon <command>" in done.stdout
     done = subprocess.run([sys.executable, "-m", "nfrecon", "frobnicate"], capture_output=True, text=True, check=False)
     assert done.returncode == 2 and "unknown command" in done.stderr
+
+
+def _help(capsys, *argv) -> list[str]:
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--help"])
+    assert exc.value.code == 0
+    return [line.strip("│ ") for line in capsys.readouterr().out.splitlines()]
+
+
+def _default(lines: list[str], flag: str) -> str:
+    """The default that --help shows for ``flag`` (on its line or the lines below, up to the next flag)."""
+    start = next(i for i, line in enumerate(lines) if line.split(" ")[0] in (flag, f"{flag},"))
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("--")), len(lines))
+    return " ".join(lines[start:end]).split("(default: ")[1].split(")")[0]
+
+
+def test_help_lists_the_presets_with_their_descriptions_and_shows_the_chosen_ones_values(capsys, monkeypatch):
+    from nfrecon.fit import presets
+
+    monkeypatch.setenv("COLUMNS", "120")
+    fit = _help(capsys, "fit")
+    for name in presets.names():
+        assert f"{name}: {presets.description(name)}" in fit
+    assert any(line.startswith("auto: ") for line in fit) and "none: the built-in defaults" in fit
+    pretrain = "\n".join(_help(capsys, "pretrain"))
+    assert "condcbnt-fast-tune: " in pretrain and "naf-fast: " not in pretrain
+    naf = _help(capsys, "fit", "--preset", "naf")
+    assert (_default(naf, "--steps"), _default(naf, "--sampling.n-samples"), _default(naf, "--preset")) == \
+        ("75000", "192", "naf")
+    fast = _help(capsys, "pretrain", "--preset=condcbnt-fast")
+    assert (_default(fast, "--steps"), _default(fast, "--model.backbone.encoder.n-levels")) == ("2000", "8")
+
+
+@pytest.mark.parametrize("command", ["fit", "pretrain"])
+def test_argv_is_parsed_once_and_the_preset_resolved_once(command, tmp_path, monkeypatch, capsys):
+    """Layers: preset < --config < flags; tyro reads argv once, the preset is resolved once and
+    the command prints that name."""
+    import importlib
+
+    import tyro
+
+    from nfrecon.fit import presets
+
+    module = importlib.import_module(f"nfrecon.cli.{command}")
+    calls = {"parse": 0, "resolve": 0}
+    parse, resolve = tyro.cli, presets.resolve
+
+    def counted(name, real):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return real(*args, **kwargs)
+        return wrapper
+
+    class Ran(Exception):
+        pass
+
+    def run(cfg, resume, overwrite):
+        raise Ran(cfg, resume, overwrite)
+
+    monkeypatch.setattr(tyro, "cli", counted("parse", parse))
+    monkeypatch.setattr(presets, "resolve", counted("resolve", resolve))
+    monkeypatch.setattr(module, f"run_{command}", run)
+    (tmp_path / "run.yaml").write_text("steps: 5\nseed: 3\n")
+    preset = "naf-best" if command == "fit" else "condcbnt-fast"
+    with pytest.raises(Ran) as ran:
+        main([command, "--preset", preset, "--config", str(tmp_path / "run.yaml"), "--device", "cpu", "--steps", "9",
+              "--sampling.rays-per-step", "64", "--resume"])
+    cfg, resume, overwrite = ran.value.args
+    assert calls == {"parse": 1, "resolve": 1}
+    assert f"preset {preset}, 9 steps" in capsys.readouterr().out
+    assert (cfg.steps, cfg.seed, cfg.sampling.rays_per_step, cfg.device, resume, overwrite) == (9, 3, 64, "cpu", True, False)
+    assert cfg.sampling.n_samples == 64  # from the preset

@@ -18,8 +18,8 @@ from nfrecon.fields.mlp import MLPConfig
 from nfrecon.fields.naf import NAFFieldConfig
 from nfrecon.fit import loop as fit_loop
 from nfrecon.fit.config import FitConfig, OptimConfig, OutputConfig, SamplingConfig, StopConfig
-from nfrecon.fit.loop import lr_factor
 from nfrecon.fit.run import run_fit
+from nfrecon.fit.schedule import lr_factor
 from nfrecon.fit.stopping import split_views
 from nfrecon.geometry.protocols import get_protocol
 from nfrecon.simulate import phantom_scan

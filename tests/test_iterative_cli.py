@@ -11,6 +11,7 @@ import yaml
 
 from nfrecon.bench.iterative import IterativeSettings, tv_scale
 from nfrecon.cli import main
+from nfrecon.data.volumes import read_mu_volume
 from nfrecon.geometry.cone import ConeGeometry
 from nfrecon.geometry.protocols import get_protocol
 from nfrecon.geometry.volume import VolumeGeometry
@@ -52,6 +53,20 @@ def test_every_method_writes_the_fdk_outputs_with_its_history(scan_dir, cli, met
         assert x.min() >= 0  # --nonneg is on by default
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["method"] == method and config["iters"] == 4
+
+
+def test_format_mha_writes_volume_mha_with_the_reported_quality(scan_dir, cli):
+    pytest.importorskip("SimpleITK")  # reading the .mha back; writing it needs nothing
+    out = scan_dir / "cgls-mha"
+    code, text, _ = cli("iterative", "--scan", scan_dir / "scan.h5", "--out", out, "--method", "cgls", "--iters", 2,
+                        "--format", "mha", "--backend", "torch")
+    assert code == 0 and "volume.mha" in text
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "metrics.json", "preview.png", "volume.mha"]
+    x, geom = read_mu_volume(out / "volume.mha", keep_position=True)
+    gt = _nifti_zyx(scan_dir / "scan_gt.nii.gz")
+    psnr = 10 * np.log10(gt.max() ** 2 / np.mean((x - gt) ** 2))
+    assert json.loads((out / "metrics.json").read_text())["vs_ground_truth"]["psnr_db"] == pytest.approx(psnr, abs=1e-4)
+    assert geom.shape == gt.shape and yaml.safe_load((out / "config.yaml").read_text())["format"] == "mha"
 
 
 def test_tv_reports_its_weight_and_beats_the_noise_of_cgls(scan_dir, cli):

@@ -7,7 +7,7 @@ import nfrecon
 
 # Lowest first. A top-level name of the package (module or subpackage) -> its rank.
 LAYERS = [
-    ("errors", "fsutil", "configio", "devices"),
+    ("errors", "fsutil", "configio", "devices", "resources"),
     ("geometry",),
     ("data", "metrics"),
     ("outputs",),

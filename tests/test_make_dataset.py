@@ -8,9 +8,13 @@ import pytest
 
 from nfrecon.cli import main
 from nfrecon.configio import from_dict
+from nfrecon.data.hu import hu_to_mu
+from nfrecon.data.metaimage import write_metaimage
 from nfrecon.data.procedural import PatientConfig, generate_patient
 from nfrecon.data.scan import load_scan
+from nfrecon.data.volumes import volume_sha256
 from nfrecon.geometry.protocols import Protocol
+from nfrecon.geometry.volume import VolumeGeometry
 
 TINY = ["--count", "3", "--protocol", "small", "--size", "16", "--views", "8"]
 
@@ -87,6 +91,26 @@ def test_mixed_alternates_procedural_and_augmented_ct(shared_data, tmp_path, cli
     assert "augment_seed" in scans[1] and "patient_seed" not in scans[1]
     gt = load_scan(tmp_path / "mixed" / "scan_0001.h5").gt
     assert gt.max() > 0.025 and (gt < 0.002).mean() > 0.2  # bone and air: a body, in mu (1/mm)
+
+
+def test_augment_reads_dicom_and_metaimage_cts_and_records_their_digests(tmp_path, cli):
+    sitk = pytest.importorskip("SimpleITK")
+    from test_formats import _dicom_series
+
+    k, j, i = np.meshgrid(np.arange(10), np.arange(12), np.arange(11), indexing="ij")
+    hu = np.where((i - 5) ** 2 + (j - 6) ** 2 + (k - 4.5) ** 2 < 20, 300, -1000)
+    series = _dicom_series(sitk, tmp_path / "series", hu, direction=np.eye(3), spacing=(40.0, 35.0, 45.0))
+    mha = tmp_path / "ct.mha"
+    write_metaimage(mha, hu_to_mu(hu.astype(np.float32)), VolumeGeometry(hu.shape, (45.0, 35.0, 40.0)), hu=True)
+    code, _, _ = cli("make-dataset", "--out", tmp_path / "set", "--count", "2", "--source", "augment", "--ct", series,
+                     mha, "--protocol", "small", "--size", "8", "--views", "4", "--noiseless")
+    assert code == 0
+    index = json.loads((tmp_path / "set" / "dataset.json").read_text())
+    assert [(e["ct"], e["ct_sha256"]) for e in index["scans"]] == [
+        ("series", volume_sha256(series)), ("ct.mha", hashlib.sha256(mha.read_bytes()).hexdigest())]
+    assert [c["geometry"]["shape"] for c in index["cts"]] == [[10, 12, 11], [10, 12, 11]]
+    for entry in index["scans"]:
+        assert load_scan(tmp_path / "set" / entry["file"]).gt.max() > 0.02  # the ball, in mu (1/mm)
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -31,6 +31,7 @@ from nfrecon.fit.config import (
 )
 from nfrecon.fit.pretrain import resolve_scan_paths, run_pretrain
 from nfrecon.geometry.protocols import get_protocol
+from nfrecon.geometry.volume import VolumeGeometry
 from nfrecon.simulate import simulate_scan
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,12 +75,13 @@ def scans(tmp_path_factory):
 
 
 def _cfg(scans, out, **kw):
-    base = dict(
-        scans=(scans,), out=out, data="projections", steps=12, seed=3, device="cpu", points_per_step=256, model=MODEL,
-        sampling=SamplingConfig(rays_per_step=96, mode="all", n_samples=12),
-        optim=PretrainOptimConfig(backbone_lr=0.02, modulation_lr=0.02),
-        output=PretrainOutputConfig(checkpoint_every=4, log_every=2, preview_every=6, tensorboard=False, progress=False),
-    )
+    base = {
+        "scans": (scans,), "out": out, "data": "projections", "steps": 12, "seed": 3, "device": "cpu",
+        "points_per_step": 256, "model": MODEL,
+        "sampling": SamplingConfig(rays_per_step=96, mode="all", n_samples=12),
+        "optim": PretrainOptimConfig(backbone_lr=0.02, modulation_lr=0.02),
+        "output": PretrainOutputConfig(checkpoint_every=4, log_every=2, preview_every=6, tensorboard=False, progress=False),
+    }
     base.update(kw)
     return PretrainConfig(**base)
 
@@ -214,6 +216,16 @@ def test_nproc_launches_torchrun_without_itself(scans, tmp_path, monkeypatch, ca
                                         "--steps", "5"]
     assert main(["pretrain", "--nproc", "2", "--scans", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 2
     assert "nothing: no such file or folder" in capsys.readouterr().err
+
+
+def test_voxel_data_samples_the_voxel_centres_of_the_numpy_grid():
+    # one formula: the torch points of --data voxels (and evaluate_grid) are the numpy voxel centres, bit for bit
+    geom = VolumeGeometry((3, 4, 5), (0.3, 1 / 3, 0.7), (1.1, -2.3, 0.45))
+    flat = torch.tensor([0, 7, 21, geom.n_voxels - 1])
+    expected = torch.from_numpy(geom.voxel_centers().reshape(-1, 3)[flat.numpy()])
+    assert torch.equal(geom.voxel_centers_at(flat), expected)
+    assert torch.equal(geom.voxel_centers_at(flat), torch.from_numpy(geom.index_to_world(np.stack(
+        np.unravel_index(flat.numpy(), geom.shape), axis=-1))))
 
 
 @pytest.fixture(scope="module")

@@ -151,11 +151,11 @@ def test_npz_with_axcodes_only_and_bad_npz_files(tmp_path):
     np.testing.assert_array_equal(hu, vol[:, ::-1, ::-1])
     assert geom.voxel_size == (3.0, 2.0, 1.0)
     cases = [
-        (dict(volume_hu=vol), "no 'spacing_zyx_mm'"),
-        (dict(volume_hu=vol[0], spacing_zyx_mm=np.ones(3)), "3D"),
-        (dict(volume_hu=np.full((2, 2, 2), np.nan), spacing_zyx_mm=np.ones(3)), "NaN"),
-        (dict(volume_hu=vol, spacing_zyx_mm=np.ones(3), affine_xyz=np.diag([1.0, 0.0, 1.0, 1.0])), "singular"),
-        (dict(volume_hu=vol, spacing_zyx_mm=np.ones(3), affine_xyz=np.eye(4), axcodes="LAS"), "disagree|axcodes"),
+        ({"volume_hu": vol}, "no 'spacing_zyx_mm'"),
+        ({"volume_hu": vol[0], "spacing_zyx_mm": np.ones(3)}, "3D"),
+        ({"volume_hu": np.full((2, 2, 2), np.nan), "spacing_zyx_mm": np.ones(3)}, "NaN"),
+        ({"volume_hu": vol, "spacing_zyx_mm": np.ones(3), "affine_xyz": np.diag([1.0, 0.0, 1.0, 1.0])}, "singular"),
+        ({"volume_hu": vol, "spacing_zyx_mm": np.ones(3), "affine_xyz": np.eye(4), "axcodes": "LAS"}, "disagree|axcodes"),
     ]
     for i, (arrays, message) in enumerate(cases):
         path = _npz(tmp_path / f"bad{i}.npz", **arrays)
@@ -166,5 +166,5 @@ def test_npz_with_axcodes_only_and_bad_npz_files(tmp_path):
         read_ct(tmp_path / "junk.npz")
     with pytest.raises(InputError, match="missing.npz: no such file"):
         read_ct(tmp_path / "missing.npz")
-    with pytest.raises(InputError, match="ct.mha: unknown volume format"):
-        read_mu_volume(tmp_path / "ct.mha")
+    with pytest.raises(InputError, match=r"ct.tiff: unknown volume format \(expected .nii, .nii.gz, .npz, .mha"):
+        read_mu_volume(tmp_path / "ct.tiff")

@@ -6,10 +6,9 @@ import shlex
 
 from nfrecon.bench.config import BenchConfig
 from nfrecon.bench.runner import FitSetup, plan, run_bench
-from nfrecon.cli import presets
 from nfrecon.cli.common import parse
-from nfrecon.cli.fit import base_config
 from nfrecon.errors import InputError
+from nfrecon.fit import presets
 
 DESCRIPTION = """Benchmark every method on the same simulated scans. For each CT volume (default: the
 real CTs in ../shared/data) the protocol's scan is simulated (default: the CondCBNT-like
@@ -31,10 +30,10 @@ def fit_setups(cfg: BenchConfig) -> dict[str, FitSetup]:
         if method == "condcbnt" and cfg.backbone is None:
             continue
         try:
-            config = base_config(preset, None, cfg.device, method, cfg.backbone if method == "condcbnt" else None)
+            layered = presets.fit_config(preset, None, cfg.device, method, cfg.backbone if method == "condcbnt" else None)
         except InputError as exc:
             raise InputError(f"{option}: {exc}") from exc
-        setups[method] = FitSetup(presets.resolve(preset, cfg.device, method) or "none", config)
+        setups[method] = FitSetup(layered.preset_name, layered.config)
     return setups
 
 

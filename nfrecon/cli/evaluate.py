@@ -5,37 +5,36 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
 from nfrecon.cli.common import parse
-from nfrecon.data.hu import hu_to_mu
-from nfrecon.data.nifti import read_nifti_tagged
+from nfrecon.data.volumes import read_mu_volume
 from nfrecon.errors import InputError
+from nfrecon.geometry.volume import VolumeGeometry
 from nfrecon.metrics import evaluate
 
 DESCRIPTION = """PSNR and SSIM (3D, and the slice-wise mean over three axes) of a reconstruction
-against a ground truth, both NIfTI on the same grid. HU volumes (as tagged by nfrecon, or
-guessed from their range) are converted to mu first. Prints JSON; every number is labelled
-with its definition."""
+against a ground truth on the same grid. Either may be NIfTI (.nii, .nii.gz), MetaImage
+(.mha, .mhd), NRRD (.nrrd, .nhdr), .npz or a DICOM series folder (ITK formats need
+SimpleITK). HU volumes (as tagged by nfrecon; untagged NIfTI guessed from their range;
+untagged MetaImage, NRRD, DICOM and npz taken as HU) are converted to mu first. Prints JSON;
+every number is labelled with its definition."""
 
 
 @dataclass
 class EvalArgs:
     recon: Path
-    """Reconstruction (NIfTI)."""
+    """Reconstruction (e.g. a run folder's volume.nii.gz or volume.mha)."""
     gt: Path
-    """Ground truth (NIfTI) on the same grid."""
-    data_range: Optional[float] = None
+    """Ground truth on the same grid (e.g. the scan's <stem>_gt.nii.gz)."""
+    data_range: float | None = None
     """Data range R of PSNR/SSIM in 1/mm (default: the ground truth's maximum)."""
 
 
-def _mu(path: Path) -> tuple[np.ndarray, object]:
-    vol, geom, tag = read_nifti_tagged(path)
-    if tag["units"] == "HU":
-        vol = hu_to_mu(vol, tag.get("mu_water", 0.0206), tag.get("mu_slope"), hu_min=None)
-    return vol, geom
+def _mu(path: Path) -> tuple[np.ndarray, VolumeGeometry]:
+    """mu (1/mm) [z, y, x] and its grid in scanner mm; HU with the recorded (or default) mu_water, not clipped."""
+    return read_mu_volume(path, hu_min=None, keep_position=True)
 
 
 def main(argv: list[str], prog: str) -> int:

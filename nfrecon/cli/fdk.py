@@ -13,14 +13,14 @@ from nfrecon.cli.common import parse, resolve_device
 from nfrecon.configio import dump_yaml
 from nfrecon.data.scan import load_scan
 from nfrecon.fsutil import check_output_dir
-from nfrecon.outputs.results import write_results
+from nfrecon.outputs.results import VOLUME_FILES, VolumeFormat, write_results
 from nfrecon.recon.fdk import fdk
 from nfrecon.recon.filters import FILTERS
 
 DESCRIPTION = """FDK reconstruction (cosine weights, ramp filter, Parker weights for short scans)
 onto the scan's reconstruction grid. Writes <out>/volume.nii.gz (mu in 1/mm, or HU with
---hu), preview.png, config.yaml, and metrics.json (PSNR/SSIM when the scan holds a ground
-truth)."""
+--hu; volume.mha with --format mha), preview.png, config.yaml, and metrics.json (PSNR/SSIM
+when the scan holds a ground truth)."""
 
 FilterName = Literal["ram-lak", "shepp-logan", "cosine", "hamming", "hann"]
 assert set(FilterName.__args__) == set(FILTERS)
@@ -42,6 +42,9 @@ class FdkArgs:
     """Write int16 HU instead of float32 mu."""
     mu_water: float = 0.0206
     """mu of water in 1/mm, for --hu."""
+    format: VolumeFormat = "nifti"
+    """Volume file: nifti (volume.nii.gz) or mha (volume.mha, MetaImage in ITK's LPS frame, for
+    ITK, RTK and 3D Slicer); the same voxels at the same world positions."""
     device: str = "auto"
     """'auto', 'cpu' or 'cuda'."""
     backend: Literal["auto", "torch", "cpp", "cuda"] = "auto"
@@ -66,9 +69,10 @@ def main(argv: list[str], prog: str) -> int:
     seconds = time.perf_counter() - start
     info = {"method": "fdk", "filter": args.filter, "cutoff": args.cutoff, "seconds": seconds, "device": str(device)}
     metrics = write_results(args.out, volume, scan.recon_geom, gt=scan.gt if scan.gt_geom == scan.recon_geom else None,
-                            info=info, title="FDK", hu=args.hu, mu_water=args.mu_water)
+                            info=info, title="FDK", hu=args.hu, mu_water=args.mu_water, format=args.format)
     dump_yaml(args, args.out / "config.yaml")
-    print(f"FDK in {seconds:.2f} s on {device}; outputs in {args.out}/ (volume.nii.gz, preview.png, metrics.json)")
+    print(f"FDK in {seconds:.2f} s on {device}; outputs in {args.out}/ "
+          f"({VOLUME_FILES[args.format]}, preview.png, metrics.json)")
     if "vs_ground_truth" in metrics:
         m = metrics["vs_ground_truth"]
         print(f"PSNR {m['psnr_db']:.2f} dB, SSIM(3D) {m['ssim_3d']:.3f} vs ground truth (data range {m['data_range']:.4g}/mm)")

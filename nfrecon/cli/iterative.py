@@ -15,14 +15,15 @@ from nfrecon.configio import dump_yaml
 from nfrecon.data.scan import load_scan
 from nfrecon.fsutil import check_output_dir
 from nfrecon.outputs.progress import progress
-from nfrecon.outputs.results import write_results
+from nfrecon.outputs.results import VOLUME_FILES, VolumeFormat, write_results
 
 DESCRIPTION = f"""Iterative reconstruction onto the scan's reconstruction grid with the voxel
 projector: cgls (least squares), sirt, os-sart (ordered subsets of views) or tv (least
 squares + total variation, Chambolle-Pock, mu >= 0). Writes <out>/volume.nii.gz (mu in
-1/mm, or HU with --hu), preview.png, config.yaml and metrics.json (iterations run, the
-relative residual ||Ax - p|| / ||p|| per iteration, seconds; PSNR/SSIM when the scan holds
-a ground truth). Default iterations: {', '.join(f'{k} {v}' for k, v in DEFAULT_ITERS.items())}.
+1/mm, or HU with --hu; volume.mha with --format mha), preview.png, config.yaml and
+metrics.json (iterations run, the relative residual ||Ax - p|| / ||p|| per iteration,
+seconds; PSNR/SSIM when the scan holds a ground truth).
+Default iterations: {', '.join(f'{k} {v}' for k, v in DEFAULT_ITERS.items())}.
 --lam is relative: the absolute TV weight is lam * (M/N) * x_ref * l^3 (M rays through the
 volume, N voxels, l their mean chord in mm, x_ref = sum(p)/sum(chords)), which makes one
 lam fit any number of views, pixels and voxels (default {DEFAULT_LAM:g}; larger = smoother)."""
@@ -51,6 +52,9 @@ class IterativeArgs:
     """Write int16 HU instead of float32 mu."""
     mu_water: float = 0.0206
     """mu of water in 1/mm, for --hu."""
+    format: VolumeFormat = "nifti"
+    """Volume file: nifti (volume.nii.gz) or mha (volume.mha, MetaImage in ITK's LPS frame, for
+    ITK, RTK and 3D Slicer); the same voxels at the same world positions."""
     device: str = "auto"
     """'auto', 'cpu' or 'cuda'."""
     backend: Literal["auto", "torch", "cpp", "cuda"] = "auto"
@@ -85,10 +89,11 @@ def main(argv: list[str], prog: str) -> int:
                 seconds=seconds, device=str(device))
     gt = scan.gt if scan.gt_geom == scan.recon_geom else None
     metrics = write_results(args.out, volume, scan.recon_geom, gt=gt, info=info, title=f"{args.method}",
-                            hu=args.hu, mu_water=args.mu_water)
+                            hu=args.hu, mu_water=args.mu_water, format=args.format)
     dump_yaml(args, args.out / "config.yaml")
     print(f"{args.method}: {result.n_iter} iterations in {seconds:.2f} s on {device}, relative residual "
-          f"{result.residuals[-1]:.4g}; outputs in {args.out}/ (volume.nii.gz, preview.png, metrics.json, config.yaml)")
+          f"{result.residuals[-1]:.4g}; outputs in {args.out}/ ({VOLUME_FILES[args.format]}, preview.png, "
+          "metrics.json, config.yaml)")
     if "vs_ground_truth" in metrics:
         m = metrics["vs_ground_truth"]
         print(f"PSNR {m['psnr_db']:.2f} dB, SSIM(3D) {m['ssim_3d']:.3f} vs ground truth (data range {m['data_range']:.4g}/mm)")

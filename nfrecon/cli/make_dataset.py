@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -19,7 +17,7 @@ from nfrecon.configio import load_yaml, merge, to_dict
 from nfrecon.data.augment import AugmentConfig, augment_ct
 from nfrecon.data.procedural import PatientConfig, generate_patient
 from nfrecon.data.scan import save_scan
-from nfrecon.data.volumes import read_ct
+from nfrecon.data.volumes import read_ct, volume_sha256
 from nfrecon.devices import require_memory
 from nfrecon.errors import InputError
 from nfrecon.fsutil import atomic_write_text, check_output_dir
@@ -51,14 +49,15 @@ class MakeDatasetArgs:
     source: str = "procedural"
     """procedural, augment (the --ct volumes, in turn) or mixed (alternately, procedural first)."""
     ct: tuple[Path, ...] = ()
-    """Real CT volumes in HU (.nii, .nii.gz, or .npz with volume_hu + spacing_zyx_mm) to augment."""
+    """Real CT volumes in HU to augment: NIfTI (.nii, .nii.gz), .npz (volume_hu + spacing_zyx_mm),
+    MetaImage (.mha, .mhd), NRRD (.nrrd, .nhdr) or folders each holding one DICOM series."""
     protocol: str = "small"
     """Protocol preset (condcbnt, naf, r2gaussian, small) or a YAML file of Protocol fields."""
-    size: Optional[int] = None
+    size: int | None = None
     """Scale the protocol to an N^3 grid and an N-column detector (same field of view)."""
-    views: Optional[int] = None
+    views: int | None = None
     """Use N of the protocol's views."""
-    photons: Optional[float] = None
+    photons: float | None = None
     """Incident photons per pixel (default: the protocol's)."""
     noiseless: bool = False
     """Noiseless projections."""
@@ -69,10 +68,10 @@ class MakeDatasetArgs:
     and project it from there (the ground truth is still on the reconstruction grid)."""
     table: bool = False
     """Give procedural patients a couch (a slab below the body)."""
-    patient_config: Optional[Path] = None
-    """YAML of PatientConfig fields (nfrecon/data/procedural.py) over the defaults; the grid and
+    patient_config: Path | None = None
+    """YAML of PatientConfig fields (nfrecon/data/procedural/config.py) over the defaults; the grid and
     field of view always come from the protocol."""
-    augment_config: Optional[Path] = None
+    augment_config: Path | None = None
     """YAML of AugmentConfig fields (nfrecon/data/augment.py) over the defaults."""
     overwrite: bool = False
     """Replace a dataset already in --out."""
@@ -102,12 +101,12 @@ def _config(default, path: Path | None):
 
 
 def _read_cts(paths) -> list[dict]:
-    """Each CT read once: name, path, sha256, HU volume and geometry (read_ct names the file on errors)."""
+    """Each CT read once: path, sha256 (of its file, or a DICOM folder's files), HU volume and
+    geometry (read_ct names the file on errors)."""
     cts = []
     for path in paths:
         hu, geom = read_ct(path)
-        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-        cts.append({"path": Path(path), "sha256": digest, "hu": hu, "geom": geom})
+        cts.append({"path": Path(path), "sha256": volume_sha256(path), "hu": hu, "geom": geom})
     return cts
 
 

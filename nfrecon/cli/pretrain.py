@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import os
 import subprocess
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
+from typing import Annotated
 
-from nfrecon.cli import presets
-from nfrecon.cli.common import parse
-from nfrecon.cli.presets import RunOptions
-from nfrecon.configio import load_yaml, merge
+import tyro
+
+from nfrecon.cli.common import RunOptions, parse, preset_help
 from nfrecon.errors import InputError
+from nfrecon.fit import presets
 from nfrecon.fit.config import PretrainConfig
 from nfrecon.fit.distributed import launched_by_torchrun, torchrun_command
 from nfrecon.fit.pretrain import resolve_scan_paths, run_pretrain
@@ -30,40 +28,31 @@ this machine through torchrun; or start them yourself, also across machines, e.g
 -m nfrecon pretrain ...' (the output folder must then be shared). Rank r fits scans r, r+N, ...;
 the backbone is synchronised, each scan's modulation lives on its rank; rank 0 writes.
 Ctrl-C or SIGTERM: every process writes the checkpoint at the same step and stops.
-Options are applied in order: defaults < --preset < --config < command-line flags.
-Presets (configs/condcbnt*.yaml: their condcbnt.backbone/modulation, sampling and pretrain
-sections): condcbnt (published sizes), condcbnt-fast (CPU-sized), auto (condcbnt on CUDA,
-condcbnt-fast on CPU)."""
+Options are applied in order: defaults < --preset < --config < command-line flags. A preset
+gives the model sizes (its condcbnt.backbone/modulation), the sampling and its pretrain section.
+
+{presets}"""
+
+AUTO = "condcbnt on CUDA, condcbnt-fast on a CPU"
+
+# the options that choose the layers of a pretraining config (it has no --method or --backbone)
+LAYER_OPTIONS = ("preset", "config", "device")
 
 
 @dataclass
-class PretrainArgs(RunOptions, PretrainConfig):
-    """Pretraining of a CondCBNT backbone and per-scan modulation fields."""
+class PretrainCommand:
+    """The options of 'nfrecon pretrain': the pretraining config, how the run starts and how many
+    processes, all without a prefix (``--steps``, ``--optim.backbone-lr``, ``--preset``)."""
 
+    pretrain: Annotated[PretrainConfig, tyro.conf.arg(name="")] = field(default_factory=PretrainConfig)
+    run: Annotated[RunOptions, tyro.conf.arg(name="")] = field(default_factory=RunOptions)
     nproc: int = 0
     """Start this many processes on this machine through torchrun (0: run in this process, or
     as one rank of the torchrun job that started it)."""
 
 
-def preset_overrides(name: str) -> dict:
-    """The pretraining settings of preset ``name``: model and sampling from its fit sections,
-    then its ``pretrain`` section."""
-    data = presets.load(name)
-    cc = data.get("condcbnt", {})
-    out = {"model": {k: cc[k] for k in ("backbone", "modulation") if k in cc}}
-    if "sampling" in data:
-        out["sampling"] = data["sampling"]
-    return presets.overlay(out, data.get("pretrain", {}))
-
-
-def base_config(preset: str, config: Path | None, device: str = "auto") -> PretrainConfig:
-    cfg = PretrainConfig()
-    name = presets.resolve(preset, device, "condcbnt")
-    if name is not None:
-        cfg = merge(cfg, preset_overrides(name), str(presets.CONFIG_DIR / f"{name}.yaml"))
-    if config is not None:
-        cfg = merge(cfg, load_yaml(config), str(config))
-    return cfg
+def description() -> str:
+    return DESCRIPTION.format(presets=preset_help(presets.pretraining_names(), AUTO))
 
 
 def _without_nproc(argv: list[str]) -> list[str]:
@@ -79,15 +68,11 @@ def _without_nproc(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str], prog: str) -> int:
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--preset", default="auto")
-    pre.add_argument("--config", type=Path, default=None)
-    pre.add_argument("--device", default="auto")
-    known, _ = pre.parse_known_args(argv)
-    base = base_config(known.preset, known.config, known.device)
-    fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(PretrainConfig)}
-    args = parse(PretrainArgs, argv, prog, DESCRIPTION, default=PretrainArgs(**fields, preset=known.preset, config=known.config))
-    cfg = PretrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig)})
+    choices = presets.layer_choices(argv, LAYER_OPTIONS)
+    layered = presets.pretrain_config(**choices)
+    default = PretrainCommand(pretrain=layered.config, run=RunOptions.given(choices))
+    args = parse(PretrainCommand, argv, prog, description(), default=default)
+    cfg = args.pretrain
     if args.nproc < 0:
         raise InputError(f"--nproc: must be >= 0, got {args.nproc}")
     if args.nproc > 0:
@@ -100,10 +85,9 @@ def main(argv: list[str], prog: str) -> int:
     main_rank = int(os.environ.get("RANK", "0")) == 0
     if main_rank:
         where = f"{os.environ['WORLD_SIZE']} processes" if launched_by_torchrun() else "1 process"
-        name = presets.resolve(args.preset, cfg.device, "condcbnt") or "none"
-        print(f"pretrain: preset {name}, {cfg.steps} steps on {cfg.data}, "
+        print(f"pretrain: preset {layered.preset_name}, {cfg.steps} steps on {cfg.data}, "
               f"{where}, out {cfg.out}", flush=True)
-    result = run_pretrain(cfg, resume=args.resume, overwrite=args.overwrite)
+    result = run_pretrain(cfg, resume=args.run.resume, overwrite=args.run.overwrite)
     if main_rank:
         s = result.summary
         rate = s.get("rays_per_s", s.get("points_per_s"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 from nfrecon.cli.common import parse, resolve_device
 from nfrecon.data.nifti import write_nifti
@@ -25,20 +25,22 @@ docs/scan-format.md) and <out stem>_gt.nii.gz."""
 @dataclass
 class SimulateArgs:
     volume: str = "phantom"
-    """CT volume in HU (.nii, .nii.gz, or .npz with volume_hu + spacing_zyx_mm), or 'phantom'
-    for the built-in 3D Shepp-Logan with analytic projections."""
+    """CT volume in HU: NIfTI (.nii, .nii.gz), .npz (volume_hu + spacing_zyx_mm), MetaImage (.mha,
+    .mhd), NRRD (.nrrd, .nhdr) or a folder holding one DICOM series (the last three need
+    SimpleITK: pip install 'nfrecon[formats]'); or 'phantom' for the built-in 3D Shepp-Logan with
+    analytic projections."""
     out: Path = Path("scan.h5")
     """Scan file to write (HDF5)."""
     protocol: str = "condcbnt"
     """Protocol preset (condcbnt, naf, r2gaussian, small; see nfrecon/geometry/protocols.py)
     or a YAML file of Protocol fields."""
-    size: Optional[int] = None
+    size: int | None = None
     """Scale the protocol to an N^3 grid and an N-column detector (same field of view)."""
-    views: Optional[int] = None
+    views: int | None = None
     """Use N of the protocol's views (every k-th when N divides their number)."""
-    arc: Optional[float] = None
+    arc: float | None = None
     """Arc in degrees, replacing the protocol's (the number of views is kept)."""
-    photons: Optional[float] = None
+    photons: float | None = None
     """Incident photons per pixel (default: the protocol's)."""
     noiseless: bool = False
     """Write noiseless projections (no Poisson noise)."""
@@ -46,11 +48,11 @@ class SimulateArgs:
     """Gaussian read noise, standard deviation in counts."""
     seed: int = 0
     """Noise seed."""
-    mu_water: Optional[float] = None
+    mu_water: float | None = None
     """mu of water in 1/mm (default: the protocol's)."""
-    phantom_radius: Optional[float] = None
+    phantom_radius: float | None = None
     """Radius of the phantom in mm (default: 90% of the half-width of the grid)."""
-    step_mm: Optional[float] = None
+    step_mm: float | None = None
     """Sample step of the projector in mm (default: half the CT's smallest voxel)."""
     device: str = "auto"
     """'auto', 'cpu' or 'cuda'."""
@@ -73,8 +75,7 @@ def _photons(args: SimulateArgs, protocol: Protocol) -> float | None:
 def gt_path(out: Path) -> Path:
     name = out.name
     for suffix in (".hdf5", ".h5"):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
+        name = name.removesuffix(suffix)
     return out.with_name(name + "_gt.nii.gz")
 
 

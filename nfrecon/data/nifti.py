@@ -72,15 +72,23 @@ def volume_affine(geom: VolumeGeometry) -> np.ndarray:
     return affine
 
 
-def _format_tag(hu: bool, mu_water: float, mu_slope: float | None) -> str:
+def units_tag(hu: bool, mu_water: float, mu_slope: float | None) -> str:
+    """The units tag of an exported volume, e.g. ``nfrecon units=mu`` or
+    ``nfrecon units=HU mu_water=0.0206 mu_slope=0.0206`` (mu_water, mu_slope in 1/mm).
+
+    NIfTI files keep it in ``descrip``, MetaImage files (:mod:`nfrecon.data.metaimage`) in
+    their ``nfrecon`` header field.
+    """
     if not hu:
         return f"{_TAG} units=mu"
     slope = mu_water if mu_slope is None else mu_slope
     return f"{_TAG} units=HU mu_water={mu_water:.9g} mu_slope={slope:.9g}"
 
 
-def _parse_tag(descrip: bytes | str) -> dict | None:
-    text = descrip.decode("latin-1") if isinstance(descrip, bytes) else str(descrip)
+def parse_units_tag(text: bytes | str) -> dict | None:
+    """``{"units": "mu" | "HU", "mu_water": ..., "mu_slope": ...}`` of a :func:`units_tag`
+    text (the numbers only when present), or None when the text is no such tag."""
+    text = text.decode("latin-1") if isinstance(text, bytes) else str(text)
     words = text.strip("\x00 ").split()
     if not words or words[0] != _TAG:
         return None
@@ -96,6 +104,24 @@ def _parse_tag(descrip: bytes | str) -> dict | None:
     return tag
 
 
+def export_array(path, volume, vol_geom: VolumeGeometry, *, hu: bool, mu_water: float,
+                 mu_slope: float | None) -> np.ndarray:
+    """The values a volume file stores: float32 mu (1/mm), or int16 HU = round(mu_to_hu(mu)) clipped
+    to [-32768, 32767], as a numpy [z, y, x] array. ``volume``: mu [z, y, x] (numpy or torch) on
+    ``vol_geom``; InputError naming ``path`` when the shapes differ or values are not finite."""
+    if isinstance(volume, torch.Tensor):
+        volume = volume.detach().cpu().numpy()
+    volume = np.asarray(volume)
+    if volume.shape != vol_geom.shape:
+        raise InputError(f"{path}: volume has shape {volume.shape}, its geometry says {vol_geom.shape}")
+    if not np.all(np.isfinite(volume)):
+        raise InputError(f"{path}: the volume to write contains NaN or Inf")
+    if hu:
+        hu_values = mu_to_hu(volume.astype(np.float64), mu_water, mu_slope)
+        return np.clip(np.rint(hu_values), -32768, 32767).astype(np.int16)
+    return volume.astype(np.float32)
+
+
 def write_nifti(path, volume, vol_geom: VolumeGeometry, *, hu: bool = False, mu_water: float = MU_WATER,
                 mu_slope: float | None = None) -> Path:
     """Write a mu volume [z, y, x] (1/mm; numpy or torch) as ``.nii``/``.nii.gz``, atomically.
@@ -106,24 +132,13 @@ def write_nifti(path, volume, vol_geom: VolumeGeometry, *, hu: bool = False, mu_
     path = Path(path)
     if not path.name.lower().endswith(_NIFTI_SUFFIXES):
         raise InputError(f"{path}: a NIfTI file name must end with .nii or .nii.gz")
-    if isinstance(volume, torch.Tensor):
-        volume = volume.detach().cpu().numpy()
-    volume = np.asarray(volume)
-    if volume.shape != vol_geom.shape:
-        raise InputError(f"{path}: volume has shape {volume.shape}, its geometry says {vol_geom.shape}")
-    if not np.all(np.isfinite(volume)):
-        raise InputError(f"{path}: the volume to write contains NaN or Inf")
-    if hu:
-        hu_values = mu_to_hu(volume.astype(np.float64), mu_water, mu_slope)
-        data = np.clip(np.rint(hu_values), -32768, 32767).astype(np.int16)
-    else:
-        data = volume.astype(np.float32)
+    data = export_array(path, volume, vol_geom, hu=hu, mu_water=mu_water, mu_slope=mu_slope)
     affine = volume_affine(vol_geom)
     img = nib.Nifti1Image(np.ascontiguousarray(data.transpose(2, 1, 0)), affine)
     header = img.header
     header.set_data_dtype(data.dtype)
     header.set_xyzt_units(xyz="mm")
-    header["descrip"] = _format_tag(hu, mu_water, mu_slope).encode("ascii")
+    header["descrip"] = units_tag(hu, mu_water, mu_slope).encode("ascii")
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     with atomic_path(path) as tmp:
@@ -147,7 +162,7 @@ def read_nifti_tagged(path) -> tuple[np.ndarray, VolumeGeometry, dict]:
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise InputError(f"{path}: not a NIfTI file (nibabel read it as {type(img).__name__})")
     volume, geom = image_to_volume(img, path)
-    tag = _parse_tag(img.header["descrip"].item())
+    tag = parse_units_tag(img.header["descrip"].item())
     if tag is None:
         hu_like = volume.size and (volume.min() < -10 or volume.max() > 50)
         tag = {"units": "HU" if hu_like else "mu", "guessed": True}

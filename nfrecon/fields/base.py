@@ -80,14 +80,8 @@ def evaluate_grid(fld: nn.Module, vol_geom: VolumeGeometry, chunk: int = 2**17) 
     if int(chunk) < 1:
         raise InputError(f"evaluate_grid: chunk must be >= 1, got {chunk}")
     device, dtype = field_device_dtype(fld)
-    nz, ny, nx = vol_geom.shape
-    center = torch.tensor(vol_geom.center, dtype=torch.float64, device=device)
-    voxel = torch.tensor(vol_geom.voxel_size, dtype=torch.float64, device=device)
-    half = (torch.tensor(vol_geom.shape, dtype=torch.float64, device=device) - 1) / 2
     out = torch.empty(vol_geom.n_voxels, dtype=dtype, device=device)
     for a in range(0, vol_geom.n_voxels, int(chunk)):
         flat = torch.arange(a, min(a + int(chunk), vol_geom.n_voxels), device=device)
-        index = torch.stack((flat // (ny * nx), (flat // nx) % ny, flat % nx), dim=-1)
-        points = center + (index - half) * voxel
-        out[a : a + flat.shape[0]] = fld(points.to(dtype))
-    return out.reshape(nz, ny, nx)
+        out[a : a + flat.shape[0]] = fld(vol_geom.voxel_centers_at(flat).to(dtype))
+    return out.reshape(vol_geom.shape)

@@ -13,9 +13,16 @@ from pathlib import Path
 
 import nfrecon
 from nfrecon.configio import from_dict, to_dict
-from nfrecon.errors import InputError, first_of
+from nfrecon.errors import InputError
 from nfrecon.fields.conditioned import Backbone, BackboneConfig, ModulationConfig
-from nfrecon.fit.checkpoint import CHECKPOINT_FORMAT, config_mismatches, load_checkpoint, save_checkpoint
+from nfrecon.fit.checkpoint import (
+    CHECKPOINT_FORMAT,
+    load_checkpoint,
+    require_kind,
+    require_same_config,
+    save_checkpoint,
+    state_must_fit,
+)
 
 BACKBONE_KIND = "backbone"
 
@@ -51,9 +58,7 @@ def save_backbone(path: str | Path, backbone: Backbone, modulation: ModulationCo
 def read_backbone(path: str | Path) -> BackboneFile:
     """Read a backbone.pt; InputError naming the file when it is missing, corrupt or something else."""
     state = load_checkpoint(path)
-    if state.get("kind") != BACKBONE_KIND:
-        raise InputError(f"{path}: not a pretrained backbone (kind {state.get('kind', 'fit checkpoint')!r}); "
-                         f"pass the backbone.pt written by 'nfrecon pretrain'")
+    require_kind(path, state, BACKBONE_KIND, "a pretrained backbone", "; pass the backbone.pt written by 'nfrecon pretrain'")
     try:
         return BackboneFile(
             backbone=from_dict(BackboneConfig, state["config"], f"{path}: config"),
@@ -69,12 +74,9 @@ def load_backbone(path: str | Path, expected: BackboneConfig | None = None) -> B
     (InputError naming the first differing key, as ``condcbnt.backbone.<key>``)."""
     file = read_backbone(path)
     if expected is not None:
-        diff = config_mismatches(to_dict(file.backbone), to_dict(expected), prefix="condcbnt.backbone.")
-        if diff:
-            raise InputError(f"{path}: the backbone was pretrained with another config: {first_of(diff)}")
+        require_same_config(path, to_dict(file.backbone), to_dict(expected), "the backbone was pretrained with another config",
+                            prefix="condcbnt.backbone.")
     backbone = Backbone(file.backbone, file.mu_max)
-    try:
+    with state_must_fit(path, "the weights do not fit the stored config"):
         backbone.load_state_dict(file.state)
-    except (RuntimeError, KeyError) as exc:
-        raise InputError(f"{path}: the weights do not fit the stored config ({str(exc).splitlines()[0][:200]})") from exc
     return backbone

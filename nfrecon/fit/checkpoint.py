@@ -8,10 +8,16 @@ bytes), so a file damaged after it was written (flipped bytes that still unpickl
 refused rather than resumed. Floating-point tensors must be finite both when a checkpoint is
 written (a diverged state never replaces a good checkpoint) and when it is read. Files
 without a checksum (written by nfrecon before it had one) load with a warning.
+
+Every checkpoint dict carries ``format: CHECKPOINT_FORMAT``; all but a fit's also carry a
+``kind`` (``backbone``, ``pretrain``, ``modulation``, ``dump``). Reading one back goes through
+the same three checks: :func:`require_kind`, :func:`require_same_config` and
+:func:`state_must_fit` (the weights and optimiser states fit the model built now).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import struct
@@ -25,6 +31,8 @@ from nfrecon.fsutil import atomic_path
 
 CHECKPOINT_FORMAT = "nfrecon-checkpoint"
 """The ``format`` tag of every checkpoint dict (runs, pretraining, modulations, backbones)."""
+FIT_KIND = "fit"
+"""The kind of a fit's checkpoint.pt, which stores no ``kind`` entry."""
 CHECKSUM_KEY = "checksum"
 # torch's message on refused pickles advises loading with weights_only=False, which would run
 # the file's code: the lines of its message that mention weights_only or torch.load are dropped.
@@ -141,3 +149,30 @@ def config_mismatches(saved: dict, current: dict, prefix: str = "") -> list[str]
         elif a != b:
             out.append(f"{name}={a!r} in the checkpoint, {b!r} now")
     return out
+
+
+def require_same_config(path: str | os.PathLike, saved: dict, current: dict,
+                        what: str = "checkpoint was made with another config", prefix: str = "") -> None:
+    """InputError ``<path>: <what>: <first differing key> (and N more)`` unless the two config
+    dicts agree (see :func:`config_mismatches`)."""
+    diff = config_mismatches(saved, current, prefix)
+    if diff:
+        raise InputError(f"{path}: {what}: {first_of(diff)}")
+
+
+def require_kind(path: str | os.PathLike, state: dict, kind: str, what: str, advice: str = "") -> None:
+    """InputError ``<path>: not <what> (kind ...)<advice>`` unless the checkpoint is of ``kind``."""
+    found = state.get("kind", FIT_KIND)
+    if found != kind:
+        raise InputError(f"{path}: not {what} (kind {found!r}){advice}")
+
+
+@contextlib.contextmanager
+def state_must_fit(path: str | os.PathLike, what: str):
+    """Around ``load_state_dict`` calls: a state that does not fit (wrong keys or shapes, a
+    missing entry) becomes InputError ``<path>: <what> (<first line of the reason>)``."""
+    try:
+        yield
+    except (RuntimeError, ValueError, KeyError) as exc:
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise InputError(f"{path}: {what} ({reason})") from exc

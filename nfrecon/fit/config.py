@@ -126,12 +126,16 @@ class OutputConfig:
     """Export int16 HU (with mu_water) instead of float32 mu."""
     mu_water: float = 0.0206
     """mu of water (1/mm) used for the HU export."""
+    format: Literal["nifti", "mha"] = "nifti"
+    """File format of the exported volume: nifti (volume.nii.gz) or mha (volume.mha, MetaImage in
+    ITK's LPS frame, for ITK, RTK and 3D Slicer); same values and world placement."""
     progress: bool = True
     """Show a progress bar."""
 
     def __post_init__(self):
         _at_least(self, "output", 0, "checkpoint_every", "preview_every")
         _positive(self, "output", "mu_water")
+        _need(self.format in ("nifti", "mha"), "output.format", "nifti or mha", self.format)
 
 
 @dataclass
@@ -204,6 +208,12 @@ class FitConfig:
     def model_keys(self) -> tuple[str, ...]:
         """Config sections a checkpoint must agree on to be resumed (the model and its data)."""
         return ("method", "field" if self.method == "naf" else "condcbnt", "sampling", "loss", "seed")
+
+    def require_backbone(self) -> Path:
+        """The --backbone file that method condcbnt fits over; InputError when none was given."""
+        if self.backbone is None:
+            raise InputError("--backbone: method condcbnt needs a pretrained backbone (backbone.pt from 'nfrecon pretrain')")
+        return self.backbone
 
 
 @dataclass

@@ -69,6 +69,18 @@ class Dist:
         if self.backend is not None:
             dist.barrier()
 
+    def together(self, fn):
+        """Run ``fn()`` on every rank and return its result; an InputError on any rank is
+        raised on all of them (the first rank's message), so that all stop alike."""
+        try:
+            result, err = fn(), None
+        except InputError as exc:
+            result, err = None, str(exc)
+        errors = [e for e in self.all_gather_object(err) if e]
+        if errors:
+            raise InputError(errors[0])
+        return result
+
     def close(self) -> None:
         if self.backend is not None and dist.is_initialized():
             dist.destroy_process_group()

@@ -1,9 +1,10 @@
-"""The fitting loop: ray sampling, data term, Adam, held-out stopping, checkpoints, outputs.
+"""The fitting loop: data term, Adam, held-out stopping, divergence roll-back, checkpoints, outputs.
 
 The loop is model-agnostic: it fits any ``torch.nn.Module`` field (points (..., 3) world
 mm (z, y, x) -> mu 1/mm) to a scan's line integrals. Resuming from a checkpoint continues
 bit for bit: model, optimiser, schedule, stopping state and every random generator are
-restored, and nothing but ray sampling and jitter draws random numbers.
+restored, and nothing but ray sampling (:mod:`~nfrecon.fit.sampling`) and jitter draws
+random numbers. Step-dependent events follow :mod:`~nfrecon.fit.schedule`.
 """
 
 from __future__ import annotations
@@ -19,12 +20,20 @@ import numpy as np
 import torch
 
 from nfrecon.configio import to_dict
-from nfrecon.data.resample import resample
 from nfrecon.data.scan import Scan
-from nfrecon.errors import InputError, first_of
+from nfrecon.errors import InputError
 from nfrecon.fields.base import evaluate_grid
-from nfrecon.fit.checkpoint import CHECKPOINT_FORMAT, config_mismatches, load_checkpoint, save_checkpoint
-from nfrecon.fit.config import FitConfig, SamplingConfig
+from nfrecon.fit.checkpoint import (
+    CHECKPOINT_FORMAT,
+    load_checkpoint,
+    require_same_config,
+    save_checkpoint,
+    state_must_fit,
+)
+from nfrecon.fit.config import FitConfig
+from nfrecon.fit.inputs import recon_ground_truth
+from nfrecon.fit.sampling import RaySource, holdout_rays
+from nfrecon.fit.schedule import due, lr_factor
 from nfrecon.fit.signals import Interrupted, StopRequest
 from nfrecon.fit.stopping import EarlyStopper, split_views
 from nfrecon.metrics import evaluate
@@ -45,51 +54,6 @@ class FitResult:
     """What metrics.json holds."""
     steps_run: int
     stopped_early: bool
-
-
-def lr_factor(steps: int, schedule: str, final_ratio: float):
-    """The learning-rate multiplier at each step: 1 at step 0, ``final_ratio`` at ``steps``
-    (``schedule`` 'exp' or 'cosine'; 'constant' is always 1)."""
-    steps = max(steps, 1)
-
-    def factor(step: int) -> float:
-        frac = min(step / steps, 1.0)
-        if schedule == "exp":
-            return final_ratio**frac
-        if schedule == "cosine":
-            return final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * frac))
-        return 1.0
-
-    return factor
-
-
-class RaySource:
-    """Draws training ray indices (flat into the projection stack) from a CPU generator."""
-
-    def __init__(self, scan: Scan, train_views: np.ndarray, sampling: SamplingConfig, generator: torch.Generator):
-        nv, nu = scan.geom.det_shape
-        self.per_view = nv * nu
-        self.views = torch.as_tensor(train_views, dtype=torch.long)
-        self.cfg = sampling
-        self.gen = generator
-
-    def draw(self) -> torch.Tensor:
-        n = self.cfg.rays_per_step
-        if self.cfg.mode == "view":
-            view = self.views[torch.randint(len(self.views), (1,), generator=self.gen)]
-            pix = torch.randint(self.per_view, (n,), generator=self.gen)
-            return view * self.per_view + pix
-        views = self.views[torch.randint(len(self.views), (n,), generator=self.gen)]
-        return views * self.per_view + torch.randint(self.per_view, (n,), generator=self.gen)
-
-
-def _holdout_rays(scan: Scan, hold_views: np.ndarray, n_rays: int, seed: int) -> torch.Tensor:
-    nv, nu = scan.geom.det_shape
-    all_rays = (torch.as_tensor(hold_views)[:, None] * (nv * nu) + torch.arange(nv * nu)[None]).reshape(-1)
-    if n_rays <= 0 or len(all_rays) <= n_rays:
-        return all_rays
-    pick = torch.randperm(len(all_rays), generator=torch.Generator().manual_seed(seed + 7919))[:n_rays]
-    return all_rays[pick.sort().values]
 
 
 class FitRun:
@@ -121,7 +85,7 @@ class FitRun:
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.jitter_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
         self.rays = RaySource(scan, self.train_views, cfg.sampling, self.gen)
-        self.hold_rays = _holdout_rays(scan, self.hold_views, cfg.stop.eval_rays, cfg.seed)
+        self.hold_rays = holdout_rays(scan, self.hold_views, cfg.stop.eval_rays, cfg.seed)
         # rays whose predictions must stay finite for a state to be kept (see _train_step)
         self.probe_rays = torch.linspace(0, scan.geom.n_rays - 1, min(256, scan.geom.n_rays)).long()
         self.opt = torch.optim.Adam(param_groups if param_groups is not None else model.parameters(), lr=cfg.optim.lr)
@@ -134,17 +98,9 @@ class FitRun:
         self.checkpoint_step: int | None = None  # step of the last checkpoint this run wrote or resumed
         self._in_step = False  # a step has begun and not finished (the state is between two steps)
         self._good: tuple[dict, dict] | None = None  # model and optimiser state to roll back to
-        self.gt = self._ground_truth()
+        self.gt = recon_ground_truth(scan)
 
     # ------------------------------------------------------------------ state
-    def _ground_truth(self) -> np.ndarray | None:
-        s = self.scan
-        if s.gt is None:
-            return None
-        if s.gt_geom == self.grid_geom:
-            return s.gt
-        return resample(s.gt, s.gt_geom, self.grid_geom)
-
     def _config_dict(self) -> dict:
         return to_dict(self.cfg)
 
@@ -166,14 +122,10 @@ class FitRun:
         model_keys = self.cfg.model_keys()
         saved = {k: state["config"].get(k) for k in model_keys}
         now = {k: self._config_dict()[k] for k in model_keys}
-        diff = config_mismatches(saved, now)
-        if diff:
-            raise InputError(f"{path}: checkpoint was made with another config: {first_of(diff)}")
-        try:
+        require_same_config(path, saved, now)
+        with state_must_fit(path, "checkpoint does not fit this model"):
             self.model.load_state_dict(state["model"])
             self.opt.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise InputError(f"{path}: checkpoint does not fit this model ({str(exc).splitlines()[0][:200]})") from exc
         self._check_shapes(state, path)
         self.step = self.checkpoint_step = int(state["step"])
         self.lr_scale = float(state["lr_scale"])
@@ -296,7 +248,7 @@ class FitRun:
                 log.scalar("train/loss", loss_value, self.step)
                 log.scalar("train/lr", self.opt.param_groups[0]["lr"], self.step)
             stopped = self._periodic(log)
-            if self.step % self.cfg.stop.eval_every == 0:
+            if due(self.step, self.cfg.stop.eval_every):
                 self._good = self._good_state()
             self._in_step = False
             if on_step is not None:
@@ -339,7 +291,7 @@ class FitRun:
     def _keeps_state(self) -> bool:
         """Whether the state after this step becomes the roll-back point or a checkpoint."""
         every = (self.cfg.stop.eval_every, self.cfg.output.checkpoint_every)
-        return self.step >= self.cfg.steps or any(n and self.step % n == 0 for n in every)
+        return self.step >= self.cfg.steps or any(due(self.step, n) for n in every)
 
     def _params_finite(self) -> bool:
         """Whether every parameter is finite (one reduction: a sum is NaN/Inf when an entry is)."""
@@ -358,7 +310,7 @@ class FitRun:
     def _periodic(self, log) -> bool:
         cfg, step = self.cfg, self.step
         stop = False
-        if len(self.hold_rays) and step % cfg.stop.eval_every == 0:
+        if len(self.hold_rays) and due(step, cfg.stop.eval_every):
             err = self.holdout_error()
             if self.stopper.update(step, err["holdout_rmse"]):
                 self.best_state = self._snapshot()
@@ -366,7 +318,7 @@ class FitRun:
                 for k, v in err.items():
                     log.scalar(f"holdout/{k}", v, step)
             stop = self.stopper.should_stop
-        if cfg.output.preview_every and step % cfg.output.preview_every == 0 and step < cfg.steps and not stop:
+        if due(step, cfg.output.preview_every) and step < cfg.steps and not stop:
             vol = self.volume()
             save_preview(self.out / "preview.png", vol, self.grid_geom, title=f"step {step}")
             if log:
@@ -375,7 +327,7 @@ class FitRun:
                     m = evaluate(vol, self.gt)
                     log.scalar("gt/psnr_db", m["psnr_db"], step)
                     log.scalar("gt/ssim_3d", m["ssim_3d"], step)
-        if cfg.output.checkpoint_every and step % cfg.output.checkpoint_every == 0:
+        if due(step, cfg.output.checkpoint_every):
             self.checkpoint()
         return stop
 
@@ -397,6 +349,7 @@ class FitRun:
         metrics = write_results(
             self.out, vol, self.grid_geom, gt=self.gt, info=metrics, hu=self.cfg.output.hu,
             mu_water=self.cfg.output.mu_water, title=f"{self.cfg.method} step {metrics['exported_step']}",
+            format=self.cfg.output.format,
         )
         if log:
             log.slices("volume", vol, final_step)

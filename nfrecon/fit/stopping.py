@@ -15,7 +15,7 @@ def split_views(n_views: int, holdout_fraction: float) -> tuple[np.ndarray, np.n
     """
     if holdout_fraction <= 0:
         return np.arange(n_views), np.arange(0)
-    k = max(1, int(round(n_views * holdout_fraction)))
+    k = max(1, round(n_views * float(holdout_fraction)))
     if n_views - k < 1:
         raise ValueError(f"cannot hold out {k} of {n_views} views")
     hold = np.unique(np.round(np.linspace(0, n_views - 1, k + 2)[1:-1]).astype(int))

@@ -4,6 +4,9 @@ Arrays are indexed ``[z, y, x]``; every triple in this module is in (z, y, x) or
 Voxel ``(k, j, i)`` has its centre at ``center + (index - (shape - 1) / 2) * voxel_size``,
 so the voxel index grows with the world coordinate along each axis. The box spans
 ``center -+ shape * voxel_size / 2`` (the outer faces of the border voxels).
+
+That formula is written once (:func:`_centre`) and serves numpy (``axis_coords``,
+``index_to_world``, ``voxel_centers``) and torch (``voxel_centers_at``, flat indices, float64).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from nfrecon.errors import InputError
 
@@ -25,6 +29,12 @@ def _triple(value, name: str, kind=float) -> tuple:
     if not np.all(np.isfinite(arr)):
         raise InputError(f"volume geometry: {name} must be finite, got {tuple(arr)}")
     return tuple(kind(a) for a in arr)
+
+
+def _centre(index, shape, voxel_size, center):
+    """World position (mm) of voxel ``index`` along one or all three axes: the one voxel-centre
+    formula, for numpy arrays and torch tensors alike (float64 results)."""
+    return center + (index - (shape - 1) / 2) * voxel_size
 
 
 @dataclass(frozen=True)
@@ -51,7 +61,7 @@ class VolumeGeometry:
         object.__setattr__(self, "center", _triple(self.center, "center"))
 
     @classmethod
-    def cube(cls, n: int, voxel_mm: float, center: Triple = (0.0, 0.0, 0.0)) -> "VolumeGeometry":
+    def cube(cls, n: int, voxel_mm: float, center: Triple = (0.0, 0.0, 0.0)) -> VolumeGeometry:
         """An n^3 grid of isotropic voxels of ``voxel_mm`` mm."""
         return cls((n, n, n), (voxel_mm,) * 3, center)
 
@@ -74,13 +84,12 @@ class VolumeGeometry:
 
     def axis_coords(self, axis: int) -> np.ndarray:
         """World coordinates (mm) of the voxel centres along axis 0 (z), 1 (y) or 2 (x)."""
-        n = self.shape[axis]
-        return self.center[axis] + (np.arange(n) - (n - 1) / 2) * self.voxel_size[axis]
+        return _centre(np.arange(self.shape[axis]), self.shape[axis], self.voxel_size[axis], self.center[axis])
 
     def index_to_world(self, index) -> np.ndarray:
         """Voxel index (..., 3) in (k, j, i) order -> world (z, y, x) mm."""
         index = np.asarray(index, dtype=np.float64)
-        return np.asarray(self.center) + (index - (np.asarray(self.shape) - 1) / 2) * np.asarray(self.voxel_size)
+        return _centre(index, np.asarray(self.shape), np.asarray(self.voxel_size), np.asarray(self.center))
 
     def world_to_index(self, points) -> np.ndarray:
         """World (..., 3) (z, y, x) mm -> fractional voxel index (k, j, i)."""
@@ -92,7 +101,17 @@ class VolumeGeometry:
         zz, yy, xx = np.meshgrid(*(self.axis_coords(a) for a in range(3)), indexing="ij")
         return np.stack([zz, yy, xx], axis=-1)
 
-    def with_shape(self, shape) -> "VolumeGeometry":
+    def voxel_centers_at(self, flat: torch.Tensor) -> torch.Tensor:
+        """Centres of the voxels with C-order flat indices ``flat`` (integer tensor (n,), voxel
+        ``(k, j, i)`` at ``(k * ny + j) * nx + i``): (n, 3) world (z, y, x) mm, float64, on
+        ``flat``'s device."""
+        ny, nx = self.shape[1:]
+        index = torch.stack((flat // (ny * nx), (flat // nx) % ny, flat % nx), dim=-1).to(torch.float64)
+        shape, voxel, center = (torch.tensor(v, dtype=torch.float64, device=flat.device)
+                                for v in (self.shape, self.voxel_size, self.center))
+        return _centre(index, shape, voxel, center)
+
+    def with_shape(self, shape) -> VolumeGeometry:
         """Same box, another grid: voxel size is rescaled so that the box is unchanged."""
         shape = _triple(shape, "shape", int)
         return VolumeGeometry(shape, tuple(self.size / np.asarray(shape)), self.center)
@@ -101,7 +120,7 @@ class VolumeGeometry:
         return {"shape": list(self.shape), "voxel_size": list(self.voxel_size), "center": list(self.center)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "VolumeGeometry":
+    def from_dict(cls, d: dict) -> VolumeGeometry:
         return cls(tuple(d["shape"]), tuple(d["voxel_size"]), tuple(d.get("center", (0.0, 0.0, 0.0))))
 
     def describe(self) -> str:

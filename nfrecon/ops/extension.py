@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-import nfrecon
+from nfrecon.resources import package_data
 
 # Host compiler flags: optimise for this machine (the build is per machine), OpenMP loops
 # and SIMD pragmas. torch adds -std=c++20 and -fPIC itself.
@@ -41,11 +41,7 @@ CUDA_FLAGS = ("-O3", "--expt-relaxed-constexpr", "--use_fast_math")
 
 def source_dir() -> Path:
     """The kernel sources: ``nfrecon/cuda`` in an installed wheel, ``cuda/`` in a checkout."""
-    package = Path(nfrecon.__file__).parent
-    for candidate in (package / "cuda", package.parent / "cuda"):
-        if (candidate / "ops.cpp").is_file():
-            return candidate
-    return package / "cuda"
+    return package_data("cuda", "ops.cpp")
 
 
 def sources(kind: str, root: Path | None = None) -> list[Path]:
