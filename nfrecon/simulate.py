@@ -165,8 +165,9 @@ def phantom_scan(
     """A 3D Shepp-Logan scan with analytic (exact) clean projections.
 
     radius_mm: phantom radius (default: 90% of the smaller of the recon box's half-width in
-    y and x and, for circular scans, the field-of-view radius); its brain has mu = ``mu_water``. The ground truth is the phantom voxelised on
-    ``recon_geom`` (``supersample``^3 points per voxel). Noise as in :func:`simulate_scan`.
+    y and x and, for circular scans, the field-of-view radius); its brain has mu = ``mu_water``.
+    The ground truth is the phantom voxelised on ``recon_geom`` (``supersample``^3 points per
+    voxel). Noise as in :func:`simulate_scan`.
     """
     if radius_mm is None:
         half_width = float(min(recon_geom.size[1:])) / 2

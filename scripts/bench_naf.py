@@ -148,7 +148,8 @@ def main() -> int:
     result = {
         "benchmark": "NAF fit vs FDK, sparse noisy views, CPU",
         "ct": args.ct.name, "protocol": protocol.to_dict(), "preset": args.preset,
-        "fit_config": json.loads(json.dumps(dataclasses.asdict(fit_config(args.preset, None, "cpu").config), default=str)),
+        "fit_config": json.loads(json.dumps(dataclasses.asdict(fit_config(args.preset, None, "cpu").config),
+                                            default=str)),
         "steps": args.steps, "threads_per_fit": args.threads,
         "metrics": {k: DEFINITIONS[k] for k in ("psnr_db", "ssim_3d")},
         "rows": rows, **provenance(),

@@ -182,7 +182,8 @@ def main() -> int:
     print(f"TV, {args.tv_size}^3, {args.views} views", flush=True)
     tv = tv_case(args.tv_size, args.views, args.tv_iters, args.tv_torch_iters or args.tv_iters, args.seed)
 
-    print(f"\n{'':12s} {'forward ms':>11s} {'ratio RTK':>9s} {'rel diff':>9s} {'back ms':>9s} {'ratio RTK':>9s} {'rel diff':>9s}")
+    print(f"\n{'':12s} {'forward ms':>11s} {'ratio RTK':>9s} {'rel diff':>9s} "
+          f"{'back ms':>9s} {'ratio RTK':>9s} {'rel diff':>9s}")
     for name, r in proj["results"].items():
         if name == "rtk-joseph":
             print(f"{name:12s} {r['forward_ms']:11.0f} {'1':>9s} {'-':>9s} {r['back_ms']:9.0f} {'1':>9s} {'-':>9s}")

@@ -65,13 +65,15 @@ def _fit_command(scan_file, out, backend):
 
 def test_without_a_compiler_auto_warns_once_and_falls_back_and_cpp_fails_in_one_line(scan_file, tmp_path):
     env = dict(os.environ, CXX=str(tmp_path / "no-such-compiler"), TORCH_EXTENSIONS_DIR=str(tmp_path / "ext"))
-    cpp = subprocess.run(_fit_command(scan_file, tmp_path / "cpp", "cpp"), env=env, check=False, capture_output=True, text=True)
+    cpp = subprocess.run(_fit_command(scan_file, tmp_path / "cpp", "cpp"), env=env, check=False,
+                         capture_output=True, text=True)
     assert cpp.returncode == 2, cpp.stderr
     lines = cpp.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: --backend cpp: no C++ compiler"), cpp.stderr
     assert "apt install g++" in lines[0] and "Traceback" not in cpp.stderr
     assert not (tmp_path / "cpp").exists()  # refused before any work
-    auto = subprocess.run(_fit_command(scan_file, tmp_path / "auto", "auto"), env=env, check=False, capture_output=True, text=True)
+    auto = subprocess.run(_fit_command(scan_file, tmp_path / "auto", "auto"), env=env, check=False,
+                          capture_output=True, text=True)
     assert auto.returncode == 0, auto.stderr
     warnings = [line for line in auto.stderr.splitlines() if "kernels unavailable" in line]
     assert len(warnings) == 1 and "no C++ compiler" in warnings[0] and "PyTorch path" in warnings[0]

@@ -35,7 +35,8 @@ def _write_ct(path) -> None:
 
 def _write_backbone(path) -> None:
     """An untrained, tiny CondCBNT backbone file (the runner's interface, not its quality)."""
-    cfg = BackboneConfig(encoder=HashGridConfig(n_levels=4, log2_hashmap_size=12, base_resolution=4, per_level_scale=1.6),
+    cfg = BackboneConfig(encoder=HashGridConfig(n_levels=4, log2_hashmap_size=12, base_resolution=4,
+                                                per_level_scale=1.6),
                          mlp=MLPConfig(hidden=(16, 16), skips=()))
     modulation = ModulationConfig(encoder=HashGridConfig(n_levels=2, log2_hashmap_size=10, base_resolution=3),
                                   mlp=MLPConfig(hidden=(8,), skips=(), out_activation="none"))
@@ -49,8 +50,8 @@ def bench(tmp_path_factory):
     _write_ct(d / "blob.npz")
     _write_backbone(d / "backbone.pt")
     argv = ["bench", "--ct", str(d / "blob.npz"), "--size", "16", "--views", "8", "--noise", "noisy",
-            "--steps", str(STEPS), "--curve-points", "4", "--iterative-iters", "15", "--threads", "1", "--device", "cpu",
-            "--backbone", str(d / "backbone.pt"), "--jobs", "2", "--out", str(d / "out")]
+            "--steps", str(STEPS), "--curve-points", "4", "--iterative-iters", "15", "--threads", "1",
+            "--device", "cpu", "--backbone", str(d / "backbone.pt"), "--jobs", "2", "--out", str(d / "out")]
     assert main(argv) == 0
     return d / "out"
 

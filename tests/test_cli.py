@@ -57,7 +57,8 @@ def test_fdk_hu_export_is_int16_without_scaling(sim, cli):
     [
         (["fdk", "--scan", "{d}/missing.h5", "--out", "{d}/o1"], "missing.h5"),
         (["fdk", "--scan", "{d}/text.h5", "--out", "{d}/o2"], "not an HDF5"),
-        (["simulate", "--volume", "phantom", "--protocol", "small", "--size", "8", "--photons", "0", "--out", "{d}/o3.h5"],
+        (["simulate", "--volume", "phantom", "--protocol", "small", "--size", "8", "--photons", "0",
+          "--out", "{d}/o3.h5"],
          "photon count must be positive"),
         (["simulate", "--volume", "{d}/missing.nii.gz", "--out", "{d}/o4.h5"], "missing.nii.gz"),
         (["simulate", "--volume", "phantom", "--protocol", "nope", "--out", "{d}/o5.h5"], "unknown name 'nope'"),
@@ -69,13 +70,16 @@ def test_fdk_hu_export_is_int16_without_scaling(sim, cli):
         (["fit", "--sampling.n-samples", "0", "--out", "{d}/o8"], "--sampling.n-samples: must be >= 1, got 0"),
         (["fit", "--sampling.rays-per-step", "0", "--out", "{d}/o8"], "--sampling.rays-per-step: must be >= 1, got 0"),
         (["fit", "--stop.holdout-fraction", "1.0", "--out", "{d}/o8"], "--stop.holdout-fraction: must be in [0, 1)"),
-        (["fit", "--config", "{d}/lr.yaml", "--out", "{d}/o8"], "lr.yaml.optim: --optim.lr: must be a finite number > 0"),
+        (["fit", "--config", "{d}/lr.yaml", "--out", "{d}/o8"],
+         "lr.yaml.optim: --optim.lr: must be a finite number > 0"),
         (["pretrain", "--scans", "{d}/text.h5", "--optim.backbone-lr", "0", "--out", "{d}/o9"],
          "--optim.backbone-lr: must be a finite number > 0, got 0.0"),
         (["simulate", "--protocol", "small", "--size", "8", "--arc", "0", "--out", "{d}/o10.h5"],
          "arc_deg (--arc) must not be 0"),
-        (["simulate", "--protocol", "{d}/neg.yaml", "--out", "{d}/o11.h5"], "neg.yaml: protocol 'neg': need 0 < sod < sdd"),
-        (["simulate", "--protocol", "{d}/part.yaml", "--out", "{d}/o12.h5"], "part.yaml: protocol: missing field(s) sdd,"),
+        (["simulate", "--protocol", "{d}/neg.yaml", "--out", "{d}/o11.h5"],
+         "neg.yaml: protocol 'neg': need 0 < sod < sdd"),
+        (["simulate", "--protocol", "{d}/part.yaml", "--out", "{d}/o12.h5"],
+         "part.yaml: protocol: missing field(s) sdd,"),
         (["info", "{d}"], "is a folder, expected a scan file"),
         (["simulate", "--protocol", "small", "--size", "100000", "--out", "{d}/o13.h5"],
          "a scan of grid 100000x100000x100000, projections 50x100000x100000 needs about 1.49e+07 GiB of memory"),
@@ -109,7 +113,8 @@ def _tree(root: Path) -> list[str]:
         (["fdk", "--scan", "{scan}", "--out", "{d}/file.txt/run"], "--out {d}/file.txt/run: {d}/file.txt is a file"),
         (["iterative", "--scan", "{scan}", "--out", "{d}/file.txt"], "--out {d}/file.txt: exists and is not a folder"),
         (["fit", "--scan", "{scan}", "--steps", "1", "--out", "{d}/file.txt"], "--out {d}/file.txt: exists and is not"),
-        (["fit", "--scan", "{scan}", "--steps", "1", "--out", "{d}/file.txt/a/b"], "{d}/file.txt is a file, not a folder"),
+        (["fit", "--scan", "{scan}", "--steps", "1", "--out", "{d}/file.txt/a/b"],
+         "{d}/file.txt is a file, not a folder"),
         (["make-dataset", "--count", "1", "--out", "{d}/file.txt"], "--out {d}/file.txt: exists and is not a folder"),
         (["pretrain", "--scans", "{scan}", "--steps", "1", "--out", "{d}/file.txt/p"], "{d}/file.txt is a file"),
         (["simulate", "--protocol", "small", "--size", "8", "--out", "{d}/folder"],
@@ -253,5 +258,6 @@ def test_argv_is_parsed_once_and_the_preset_resolved_once(command, tmp_path, mon
     cfg, resume, overwrite = ran.value.args
     assert calls == {"parse": 1, "resolve": 1}
     assert f"preset {preset}, 9 steps" in capsys.readouterr().out
-    assert (cfg.steps, cfg.seed, cfg.sampling.rays_per_step, cfg.device, resume, overwrite) == (9, 3, 64, "cpu", True, False)
+    assert ((cfg.steps, cfg.seed, cfg.sampling.rays_per_step, cfg.device, resume, overwrite)
+            == (9, 3, 64, "cpu", True, False))
     assert cfg.sampling.n_samples == 64  # from the preset

@@ -40,7 +40,8 @@ def _points(n=257, seed=1, grid=GRID):
 
 def test_published_sizes_are_the_defaults():
     b, m = BackboneConfig(), ModulationConfig()
-    assert (b.encoder.n_levels, b.encoder.n_features_per_level, b.encoder.base_resolution, b.encoder.log2_hashmap_size) == (16, 2, 16, 19)
+    assert ((b.encoder.n_levels, b.encoder.n_features_per_level, b.encoder.base_resolution, b.encoder.log2_hashmap_size)
+            == (16, 2, 16, 19))
     assert b.mlp.hidden == (128, 128, 128) and b.mlp.activation == "leaky_relu" and b.mlp.out_activation == "sigmoid"
     assert (m.encoder.n_levels, m.encoder.base_resolution, m.encoder.log2_hashmap_size) == (12, 16, 19)
     # FiLM outputs: two values per hidden unit of the backbone
@@ -138,15 +139,18 @@ def test_backbone_file_round_trip_and_config_mismatch(tmp_path):
     backbone, _ = _models()
     save_backbone(tmp_path / "backbone.pt", backbone, MODULATION, step=7, n_scans=3)
     info = read_backbone(tmp_path / "backbone.pt")
-    assert info.backbone == BACKBONE and info.modulation == MODULATION and info.step == 7 and info.mu_max == pytest.approx(MU_MAX)
+    assert (info.backbone == BACKBONE and info.modulation == MODULATION and info.step == 7
+            and info.mu_max == pytest.approx(MU_MAX))
     loaded = load_backbone(tmp_path / "backbone.pt", expected=BACKBONE)
     u = torch.rand(50, 3, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(loaded(u), backbone(u))
     wider = BackboneConfig(encoder=BACKBONE.encoder, mlp=MLPConfig(hidden=(16, 12, 9), skips=()))
-    with pytest.raises(InputError, match=r"backbone.pt: .*condcbnt\.backbone\.mlp\.hidden=\[16, 12, 8\] in the checkpoint, \[16, 12, 9\] now"):
+    with pytest.raises(InputError, match=r"backbone.pt: .*condcbnt\.backbone\.mlp\.hidden=\[16, 12, 8\] "
+                                         r"in the checkpoint, \[16, 12, 9\] now"):
         load_backbone(tmp_path / "backbone.pt", expected=wider)
-    finer = BackboneConfig(encoder=HashGridConfig(n_levels=5, log2_hashmap_size=12, base_resolution=4, per_level_scale=1.6),
+    finer = BackboneConfig(encoder=HashGridConfig(n_levels=5, log2_hashmap_size=12, base_resolution=4,
+                                                  per_level_scale=1.6),
                            mlp=BACKBONE.mlp)
     with pytest.raises(InputError, match=r"condcbnt\.backbone\.encoder\.n_levels=4"):
         load_backbone(tmp_path / "backbone.pt", expected=finer)

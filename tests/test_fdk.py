@@ -92,12 +92,13 @@ def _uneven_full_circle() -> dict:
 
 @pytest.mark.rtk
 # Per-case bounds, about 3x the values measured (relative RMSE, 1 - correlation, relative mean
-# difference): 2.3e-7, 7.5e-13, 1.0e-8 (uneven full scan; equal angular weights instead would give
-# 1.5e-2) and 8.1e-4, 1.0e-5, 5.8e-4 (short scan: Hann window sampling, Parker's arc counts one
-# more step here).
+# difference): 2.3e-7, 7.5e-13, 1.0e-8 to 4.0e-8 (uneven full scan; the mean difference moves
+# between installs at float32 resolution, so its bound is float32's epsilon; equal angular weights
+# instead would give 1.5e-2) and 8.1e-4, 1.0e-5, 5.8e-4 (short scan: Hann window sampling,
+# Parker's arc counts one more step here).
 @pytest.mark.parametrize(
     "scan, filt, hann, bounds",
-    [(_uneven_full_circle(), "ram-lak", 0.0, (7e-7, 2.5e-12, 3e-8)),
+    [(_uneven_full_circle(), "ram-lak", 0.0, (7e-7, 2.5e-12, 1.2e-7)),
      ({"n_views": 100, "arc_deg": 215.0, "start_deg": -40.0}, "hann", 1.0, (2.5e-3, 3e-5, 2e-3))],
     ids=["full-uneven-ramlak", "short-hann"],
 )

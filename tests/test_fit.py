@@ -62,7 +62,8 @@ def test_killed_fit_resumes_bit_for_bit(scan_file, tmp_path, monkeypatch):
             raise KeyboardInterrupt
 
     original = fit_loop.FitRun.run
-    monkeypatch.setattr(fit_loop.FitRun, "run", lambda self, resume=False, on_step=None: original(self, resume, interrupt))
+    monkeypatch.setattr(fit_loop.FitRun, "run",
+                        lambda self, resume=False, on_step=None: original(self, resume, interrupt))
     with pytest.raises(KeyboardInterrupt):
         run_fit(_cfg(scan_file, tmp_path / "killed"))
     monkeypatch.setattr(fit_loop.FitRun, "run", original)
@@ -135,7 +136,8 @@ def test_signal_mid_step_then_resume_is_bit_for_bit(scan_file, tmp_path, sig):
 def test_resume_refuses_a_checkpoint_of_another_config(scan_file, tmp_path):
     run_fit(_cfg(scan_file, tmp_path / "run", steps=4))
     before = (tmp_path / "run" / "volume.nii.gz").read_bytes()
-    bigger = NAFFieldConfig(encoder=HashGridConfig(n_levels=5, log2_hashmap_size=12, base_resolution=4), mlp=TINY_FIELD.mlp)
+    bigger = NAFFieldConfig(encoder=HashGridConfig(n_levels=5, log2_hashmap_size=12, base_resolution=4),
+                            mlp=TINY_FIELD.mlp)
     with pytest.raises(InputError, match="field.encoder.n_levels=4 in the checkpoint, 5 now"):
         run_fit(_cfg(scan_file, tmp_path / "run", steps=8, field=bigger), resume=True)
     assert (tmp_path / "run" / "volume.nii.gz").read_bytes() == before

@@ -47,12 +47,12 @@ def test_volume_index_world_and_box():
 @pytest.mark.parametrize(
     "kwargs",
     [
-        dict(shape=(0, 4, 4)),
-        dict(shape=(4, 4, 2.5)),
-        dict(shape=(4, 4)),
-        dict(shape=(4, 4, 4), voxel_size=(1, -1, 1)),
-        dict(shape=(4, 4, 4), voxel_size=0),
-        dict(shape=(4, 4, 4), center=(0, float("nan"), 0)),
+        {"shape": (0, 4, 4)},
+        {"shape": (4, 4, 2.5)},
+        {"shape": (4, 4)},
+        {"shape": (4, 4, 4), "voxel_size": (1, -1, 1)},
+        {"shape": (4, 4, 4), "voxel_size": 0},
+        {"shape": (4, 4, 4), "center": (0, float("nan"), 0)},
     ],
 )
 def test_volume_validation(kwargs):
@@ -125,22 +125,22 @@ def test_describe_and_general_geometry():
 
 
 def test_cone_validation():
-    ok = dict(det_shape=(2, 2), src=[[0, -5, 0]], det=[[0, 3, 0]], u=[[0, 0, 1]], v=[[1, 0, 0]])
+    ok = {"det_shape": (2, 2), "src": [[0, -5, 0]], "det": [[0, 3, 0]], "u": [[0, 0, 1]], "v": [[1, 0, 0]]}
     ConeGeometry(**ok)
     bad = [
-        dict(det_shape=(0, 2)),
-        dict(det_shape=(2, 2, 2)),
-        dict(src=[[0, -5]]),
-        dict(det=[[0, 3, 0], [0, 3, 0]]),
-        dict(u=[[0, 0, float("nan")]]),
-        dict(u=[[2, 0, 0]]),  # parallel to v
-        dict(u=[[0, 0, 0]]),
-        dict(det=[[0, -5, 1]]),  # source in the detector plane
+        {"det_shape": (0, 2)},
+        {"det_shape": (2, 2, 2)},
+        {"src": [[0, -5]]},
+        {"det": [[0, 3, 0], [0, 3, 0]]},
+        {"u": [[0, 0, float("nan")]]},
+        {"u": [[2, 0, 0]]},  # parallel to v
+        {"u": [[0, 0, 0]]},
+        {"det": [[0, -5, 1]]},  # source in the detector plane
     ]
     for change in bad:
         with pytest.raises(InputError, match="cone geometry"):
             ConeGeometry(**{**ok, **change})
-    for kwargs in (dict(sod=5, sdd=4), dict(sod=float("nan"), sdd=4), dict(sod=1, sdd=2, pixel_size=-1)):
+    for kwargs in ({"sod": 5, "sdd": 4}, {"sod": float("nan"), "sdd": 4}, {"sod": 1, "sdd": 2, "pixel_size": -1}):
         with pytest.raises(InputError, match="circular geometry"):
             ConeGeometry.circular(det_shape=(1, 1), **{"pixel_size": 1, "n_views": 2, **kwargs})
     with pytest.raises(InputError, match="angles or n_views"):
@@ -229,7 +229,7 @@ def test_stratified_estimate_is_unbiased():
     draws, n = 20000, 3
     near = torch.full((draws,), 0.5, dtype=torch.float64)
     far = torch.full((draws,), 2.0, dtype=torch.float64)
-    f = lambda t: torch.exp(2.0 * t)  # noqa: E731  (convex: the midpoint rule underestimates)
+    f = lambda t: torch.exp(2.0 * t)  # convex: the midpoint rule underestimates
     exact = (math.exp(4.0) - math.exp(1.0)) / 2.0
     t, dt = stratified_samples(near, far, n, generator=torch.Generator().manual_seed(3))
     est = (f(t) * dt).sum(1)

@@ -41,9 +41,11 @@ def reference_encode(table: list[list[float]], cfg: HashGridConfig, point) -> li
 
 
 # levels N = 3, 6, 12, 24: 64 and 343 vertices are dense in 2**10 rows, 2197 and 15625 are hashed
-MIXED = HashGridConfig(n_levels=4, n_features_per_level=2, log2_hashmap_size=10, base_resolution=3, per_level_scale=2.0, init_scale=1.0)
+MIXED = HashGridConfig(n_levels=4, n_features_per_level=2, log2_hashmap_size=10, base_resolution=3,
+                       per_level_scale=2.0, init_scale=1.0)
 # non-integer growth: N = 4, 6, 9, 13, 20
-GROWTH = HashGridConfig(n_levels=5, n_features_per_level=3, log2_hashmap_size=11, base_resolution=4, per_level_scale=1.5, init_scale=1.0)
+GROWTH = HashGridConfig(n_levels=5, n_features_per_level=3, log2_hashmap_size=11, base_resolution=4,
+                        per_level_scale=1.5, init_scale=1.0)
 
 
 def _test_points(gen: torch.Generator) -> torch.Tensor:

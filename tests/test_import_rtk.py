@@ -251,7 +251,8 @@ def test_bad_inputs_exit_2_with_one_line_and_no_output(rtk, tmp_path, cli):
     corrupt = tmp_path / "corrupt.xml"
     corrupt.write_text(xml.read_text()[:300])
     inconsistent = tmp_path / "inconsistent.xml"  # a view's angle no longer matches its Matrix
-    inconsistent.write_text(xml.read_text().replace("<GantryAngle>36</GantryAngle>", "<GantryAngle>37</GantryAngle>", 1))
+    inconsistent.write_text(
+        xml.read_text().replace("<GantryAngle>36</GantryAngle>", "<GantryAngle>37</GantryAngle>", 1))
     raw = rtk.array_from_image(stack).astype(np.float64)
     raw = 1e4 * np.exp(-raw)
     raw[3, 5, 7], raw[8, 0, 1] = 0.0, -2.0
@@ -277,7 +278,8 @@ def test_bad_inputs_exit_2_with_one_line_and_no_output(rtk, tmp_path, cli):
     ]
     out = tmp_path / "out" / "scan.h5"
     for (projections, geometry_file), extra, message in cases:
-        code, _, err = cli("import-rtk", "--projections", projections, "--geometry", geometry_file, "--out", out, *extra)
+        code, _, err = cli("import-rtk", "--projections", projections, "--geometry", geometry_file, "--out", out,
+                           *extra)
         assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, (message, err)
         assert message in err, (message, err)
         assert not out.exists() and not (out.parent.exists() and any(out.parent.iterdir())), message

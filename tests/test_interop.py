@@ -237,13 +237,13 @@ def test_naf_loader_rays_agree():
 
 def test_protocols_match_their_tigre_configs():
     naf = get_protocol("naf")
-    cfg = dict(DSO=1000, DSD=1500, nDetector=[256, 256], dDetector=[2, 2], nVoxel=[128] * 3, dVoxel=[2] * 3,
-               offOrigin=[0, 0, 0], offDetector=[0, 0])
+    cfg = {"DSO": 1000, "DSD": 1500, "nDetector": [256, 256], "dDetector": [2, 2], "nVoxel": [128] * 3,
+           "dVoxel": [2] * 3, "offOrigin": [0, 0, 0], "offDetector": [0, 0]}
     geom, vol = tg.from_tigre(cfg, np.linspace(0, np.pi, 51)[:-1])  # NAF's angle rule
     assert geom.allclose(naf.cone_geometry(), atol=1e-9) and vol == naf.volume_geometry()
     # R2-Gaussian's scanner file (lengths in units of the [-1, 1] cube), scaled by 128 mm.
-    scanner = dict(DSO=5.0, DSD=7.0, nDetector=[512, 512], sDetector=[4.0, 4.0], nVoxel=[256] * 3, sVoxel=[2.0] * 3,
-                   offOrigin=[0, 0, 0], offDetector=[0, 0])
+    scanner = {"DSO": 5.0, "DSD": 7.0, "nDetector": [512, 512], "sDetector": [4.0, 4.0], "nVoxel": [256] * 3,
+               "sVoxel": [2.0] * 3, "offOrigin": [0, 0, 0], "offDetector": [0, 0]}
     mm = {k: (np.asarray(v) * 128.0).tolist() if k[0] in "Ds" or k.startswith("off") else v for k, v in scanner.items()}
     geom, vol = tg.from_tigre(mm, np.linspace(0, 2 * np.pi, 51)[:-1])
     r2 = get_protocol("r2gaussian")

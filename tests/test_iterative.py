@@ -86,7 +86,7 @@ def test_cgls_iterates_match_dense_krylov_solutions_and_lstsq():
 
 
 def test_cgls_on_consistent_data_and_tolerance(consistent):
-    vg, geom, A, x_true, p = consistent
+    _vg, _geom, A, x_true, p = consistent
     seen = []
     res = cgls(p, A, 40, callback=lambda k, x: seen.append(k))
     r = np.array(res.residuals)
@@ -122,7 +122,7 @@ def test_sirt_and_os_sart_on_consistent_data(consistent):
 
 
 def test_bad_input_raises_input_error(consistent):
-    vg, geom, A, x_true, p = consistent
+    vg, geom, A, _x_true, p = consistent
     with pytest.raises(InputError, match="cgls: proj has shape"):
         cgls(p[:-1], A, 3)
     bad = p.clone()
@@ -246,7 +246,7 @@ def test_tv_beats_cgls_and_sirt_on_noisy_piecewise_constant_phantom():
 
 
 def test_tv_pdhg_tolerance_and_callback(consistent):
-    vg, geom, A, x_true, p = consistent
+    _vg, _geom, A, _x_true, p = consistent
     seen = []
     res = tv_pdhg(p, A, 100, lam=0.05, tol=0.02, callback=lambda k, x: seen.append(float(x.min())))
     assert res.stopped_early and 2 < res.n_iter < 100 and len(seen) == res.n_iter
@@ -259,7 +259,7 @@ def test_tv_pdhg_tolerance_and_callback(consistent):
 # ---------------------------------------------------------------------- CUDA
 @pytest.mark.gpu
 def test_cuda_matches_cpu(cuda_device, consistent):
-    vg, geom, A, x_true, p = consistent
+    _vg, _geom, A, _x_true, p = consistent
     runs = (lambda q: cgls(q, A, 5), lambda q: sirt(q, A, 5), lambda q: tv_pdhg(q, A, 5, 1.0, adaptive=False))
     for run in runs:
         cpu, gpu = run(p), run(p.to(cuda_device))

@@ -39,7 +39,8 @@ def assert_close_rel(got, want, rtol):
 
 GRIDS = {
     # dense and hashed levels: N = 3, 6 dense in 2**10 rows; 12, 24 hashed
-    "mixed": HashGridConfig(n_levels=4, n_features_per_level=2, log2_hashmap_size=10, base_resolution=3, init_scale=1.0),
+    "mixed": HashGridConfig(n_levels=4, n_features_per_level=2, log2_hashmap_size=10, base_resolution=3,
+                            init_scale=1.0),
     # non-integer growth, three features
     "growth": HashGridConfig(n_levels=5, n_features_per_level=3, log2_hashmap_size=11, base_resolution=4,
                              per_level_scale=1.5, init_scale=1.0),
@@ -253,7 +254,8 @@ def _conditioned(backbone_hidden, modulation_hidden, skips=(), scale=1.0):
     from nfrecon.fields.conditioned import Backbone, BackboneConfig, ConditionedField, ModulationConfig, ModulationField
 
     torch.manual_seed(0)
-    backbone = Backbone(BackboneConfig(encoder=GRIDS["mixed"], mlp=MLPConfig(hidden=backbone_hidden, skips=skips)), 0.05)
+    backbone = Backbone(BackboneConfig(encoder=GRIDS["mixed"], mlp=MLPConfig(hidden=backbone_hidden, skips=skips)),
+                        0.05)
     modulation = ModulationField(ModulationConfig(encoder=GRIDS["growth"], mlp=MLPConfig(
         hidden=modulation_hidden, skips=(), out_activation="none")), backbone.film_widths)
     with torch.no_grad():  # a modulation far from the identity, so that every FiLM term matters

@@ -72,8 +72,8 @@ def test_existing_dataset_needs_overwrite_which_drops_stale_scans(tmp_path, cli)
     index = json.loads((out / "dataset.json").read_text())
     assert index["noise"]["photons"] is None and load_scan(out / "scan_0000.h5").photons is None
     (tmp_path / "patient.yaml").write_text("lung_nodules: [0, 0]\nbody_aspect: [0.7, 0.7]\n")
-    assert cli("make-dataset", "--out", out, "--count", "1", "--overwrite", "--patient-config", tmp_path / "patient.yaml",
-               "--table", *common)[0] == 0
+    assert cli("make-dataset", "--out", out, "--count", "1", "--overwrite",
+               "--patient-config", tmp_path / "patient.yaml", "--table", *common)[0] == 0
     used = json.loads((out / "dataset.json").read_text())["procedural"]
     assert used["lung_nodules"] == [0, 0] and used["body_aspect"] == [0.7, 0.7] and used["table"] is True
     assert used["shape"] == [8, 8, 8]  # the grid always comes from the protocol

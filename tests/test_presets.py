@@ -69,7 +69,8 @@ def test_condcbnt_fast_tune_is_condcbnt_fast_with_the_backbone_unfrozen():
 @pytest.mark.parametrize("name", [n for n in presets.names() if n.startswith("condcbnt")])
 def test_every_pretraining_key_of_a_condcbnt_preset_is_in_the_resolved_pretrain_config(name):
     cfg = presets.pretrain_config(name, None, device="cpu").config
-    leaves = list(_leaves(presets.pretrain_overrides(name)))  # model: the preset's condcbnt sizes; then its pretrain section
+    # model: the preset's condcbnt sizes; then its pretrain section
+    leaves = list(_leaves(presets.pretrain_overrides(name)))
     assert leaves
     for keys, want in leaves:
         got = cfg

@@ -80,7 +80,8 @@ def _cfg(scans, out, **kw):
         "points_per_step": 256, "model": MODEL,
         "sampling": SamplingConfig(rays_per_step=96, mode="all", n_samples=12),
         "optim": PretrainOptimConfig(backbone_lr=0.02, modulation_lr=0.02),
-        "output": PretrainOutputConfig(checkpoint_every=4, log_every=2, preview_every=6, tensorboard=False, progress=False),
+        "output": PretrainOutputConfig(checkpoint_every=4, log_every=2, preview_every=6, tensorboard=False,
+                                       progress=False),
     }
     base.update(kw)
     return PretrainConfig(**base)
@@ -111,10 +112,12 @@ def test_two_process_ddp_through_torchrun_and_resume_elsewhere(scans, tmp_path, 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NFRECON_PRETRAIN_DUMP": str(dump),
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "nfrecon",
-           "pretrain", "--scans", str(scans), "--out", str(out), "--preset", "none", "--config", str(tmp_path / "model.yaml"),
-           "--device", "cpu", "--steps", "32", "--seed", "3", "--sampling.rays-per-step", "96", "--sampling.n-samples", "12",
+           "pretrain", "--scans", str(scans), "--out", str(out), "--preset", "none",
+           "--config", str(tmp_path / "model.yaml"), "--device", "cpu", "--steps", "32", "--seed", "3",
+           "--sampling.rays-per-step", "96", "--sampling.n-samples", "12",
            "--optim.backbone-lr", "0.05", "--optim.modulation-lr", "0.05", "--optim.schedule", "constant",
-           "--output.checkpoint-every", "8", "--output.log-every", "8", "--output.no-tensorboard", "--output.no-progress"]
+           "--output.checkpoint-every", "8", "--output.log-every", "8",
+           "--output.no-tensorboard", "--output.no-progress"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     rank0, rank1 = (torch.load(dump / f"rank{r}-end.pt", weights_only=True) for r in (0, 1))
@@ -196,7 +199,8 @@ def test_bad_scans_stop_before_training_unless_skipped(scans, tmp_path):
     with pytest.raises(InputError, match="missing.h5: no such file"):
         resolve_scan_paths([d / "scan0.h5", d / "missing.h5"])
     (tmp_path / "list.txt").write_text("data/scan0.h5  # first\n\ndata/scan1.h5\n")
-    assert resolve_scan_paths([tmp_path / "list.txt"]) == [tmp_path / "data" / "scan0.h5", tmp_path / "data" / "scan1.h5"]
+    assert resolve_scan_paths([tmp_path / "list.txt"]) == [tmp_path / "data" / "scan0.h5",
+                                                           tmp_path / "data" / "scan1.h5"]
     with pytest.raises(InputError, match="listed twice"):
         resolve_scan_paths([tmp_path / "list.txt", d / "scan1.h5"])
 
@@ -212,8 +216,8 @@ def test_nproc_launches_torchrun_without_itself(scans, tmp_path, monkeypatch, ca
     assert main(["pretrain", "--nproc", "3", "--scans", str(scans), "--out", str(tmp_path / "o"), "--steps", "5"]) == 0
     cmd = seen["cmd"]
     assert cmd[:3] == [sys.executable, "-m", "torch.distributed.run"] and cmd[cmd.index("--nproc-per-node") + 1] == "3"
-    assert cmd[cmd.index("-m", 3):] == ["-m", "nfrecon", "pretrain", "--scans", str(scans), "--out", str(tmp_path / "o"),
-                                        "--steps", "5"]
+    assert cmd[cmd.index("-m", 3):] == ["-m", "nfrecon", "pretrain", "--scans", str(scans),
+                                        "--out", str(tmp_path / "o"), "--steps", "5"]
     assert main(["pretrain", "--nproc", "2", "--scans", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 2
     assert "nothing: no such file or folder" in capsys.readouterr().err
 
@@ -251,7 +255,8 @@ def test_test_time_fit_runs_end_to_end(scans, backbone_file, tmp_path, capsys):
     assert (tmp_path / "frozen" / "volume.nii.gz").is_file() and (tmp_path / "frozen" / "preview.png").is_file()
     # the sizes came from backbone.pt; the backbone stayed frozen unless unfrozen
     cfg = yaml.safe_load((tmp_path / "frozen" / "config.yaml").read_text())
-    assert cfg["condcbnt"]["backbone"]["mlp"]["hidden"] == [16, 16] and cfg["condcbnt"]["modulation"]["mlp"]["hidden"] == [8]
+    assert (cfg["condcbnt"]["backbone"]["mlp"]["hidden"] == [16, 16]
+            and cfg["condcbnt"]["modulation"]["mlp"]["hidden"] == [8])
     pretrained = torch.load(backbone_file, weights_only=True)["state"]
     frozen = torch.load(tmp_path / "frozen" / "checkpoint.pt", weights_only=True)["model"]
     assert all(torch.equal(frozen[f"backbone.{k}"], v) for k, v in pretrained.items())

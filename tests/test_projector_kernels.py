@@ -61,7 +61,8 @@ def test_cpp_forward_and_adjoint_match_the_torch_reference(cpp, dtype, step_mm):
 def test_cpp_uniform_box_gives_chord_lengths(cpp):
     A, _ = _pair()
     chords = VoxelProjector(VG, GEOM, backend="torch")(torch.ones(VG.shape, dtype=torch.float64))
-    torch.testing.assert_close(A(torch.full(VG.shape, 0.02, dtype=torch.float64)), 0.02 * chords, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(A(torch.full(VG.shape, 0.02, dtype=torch.float64)), 0.02 * chords,
+                               rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

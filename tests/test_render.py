@@ -46,7 +46,8 @@ def test_jittered_rendering_is_an_unbiased_estimate():
 def test_gradients_match_finite_differences():
     torch.manual_seed(3)
     cfg = NAFFieldConfig(
-        encoder=HashGridConfig(n_levels=3, n_features_per_level=2, log2_hashmap_size=8, base_resolution=3, init_scale=0.5),
+        encoder=HashGridConfig(n_levels=3, n_features_per_level=2, log2_hashmap_size=8, base_resolution=3,
+                               init_scale=0.5),
         mlp=MLPConfig(hidden=(8, 8), skips=(1,)),
     )
     field = NAFField(cfg, VG, mu_max=0.05).double()

@@ -155,7 +155,8 @@ def test_npz_with_axcodes_only_and_bad_npz_files(tmp_path):
         ({"volume_hu": vol[0], "spacing_zyx_mm": np.ones(3)}, "3D"),
         ({"volume_hu": np.full((2, 2, 2), np.nan), "spacing_zyx_mm": np.ones(3)}, "NaN"),
         ({"volume_hu": vol, "spacing_zyx_mm": np.ones(3), "affine_xyz": np.diag([1.0, 0.0, 1.0, 1.0])}, "singular"),
-        ({"volume_hu": vol, "spacing_zyx_mm": np.ones(3), "affine_xyz": np.eye(4), "axcodes": "LAS"}, "disagree|axcodes"),
+        ({"volume_hu": vol, "spacing_zyx_mm": np.ones(3), "affine_xyz": np.eye(4), "axcodes": "LAS"},
+         "disagree|axcodes"),
     ]
     for i, (arrays, message) in enumerate(cases):
         path = _npz(tmp_path / f"bad{i}.npz", **arrays)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 from nfrecon.bench.iterative import DEFAULT_LAM
 
@@ -25,34 +25,34 @@ class BenchConfig:
     """Folder for results.md/.csv/.json, curves.png, slices.png and runs/<volume>/<condition>/<method>/."""
     protocol: str = "condcbnt"
     """Protocol preset (condcbnt, naf, r2gaussian, small) or a YAML file of Protocol fields."""
-    size: Optional[int] = None
+    size: int | None = None
     """Scale the protocol to an N^3 grid and an N-column detector (same field of view), e.g. 64."""
     views: tuple[int, ...] = (50, 400)
     """Numbers of views (each taken from the protocol's full set: 50 of 400 = every 8th)."""
     noise: tuple[NoiseName, ...] = ("noisy", "clean")
     """Conditions: noisy (the protocol's photon count, Poisson) and/or clean (noiseless)."""
-    methods: Optional[tuple[MethodName, ...]] = None
+    methods: tuple[MethodName, ...] | None = None
     """Methods (default: fdk iterative naf, plus condcbnt when --backbone is given)."""
     skip: tuple[str, ...] = ()
     """METHOD:VIEWS pairs not to run, e.g. iterative:400 (the published table has no iterative
     result at 400 views, and TV there is the bench's slowest run on a CPU)."""
-    steps: Optional[int] = None
+    steps: int | None = None
     """Step budget of every neural fit, so that they compare at equal budgets (default: each
     preset's own budget; automatic stopping may end a fit earlier)."""
     naf_preset: str = "auto"
     """NAF preset from configs/ (auto: naf on CUDA, naf-fast on CPU)."""
     condcbnt_preset: str = "condcbnt-fast"
     """CondCBNT preset from configs/ (test-time fitting of the modulation field)."""
-    backbone: Optional[Path] = None
+    backbone: Path | None = None
     """Pretrained CondCBNT backbone (backbone.pt from 'nfrecon pretrain'); enables condcbnt."""
-    iterative_iters: Optional[int] = None
+    iterative_iters: int | None = None
     """Iterations of the iterative baseline (TV, Chambolle-Pock; default: its tuned default)."""
     lam: float = DEFAULT_LAM
     """Relative TV weight of the iterative baseline (see 'nfrecon iterative --help')."""
     curve_points: int = 20
     """PSNR evaluations of the volume during each neural fit (for curves.png; their time is not
     charged to the method)."""
-    sim_step_mm: Optional[float] = None
+    sim_step_mm: float | None = None
     """Sample step (mm) of the projector that simulates the scans on the CT's own grid (default:
     half the CT's smallest voxel; 1.0 takes 2.8x fewer samples than that for the 0.7 mm chest CT)."""
     seed: int = 0
@@ -64,7 +64,7 @@ class BenchConfig:
     backprojection: 'torch' (pure PyTorch, the reference), 'cpp' (fused kernels built for the
     CPU), 'cuda' (fused kernels on a GPU), 'auto' (cuda on a GPU, cpp on a CPU when the kernels
     build, else torch with a warning). 'nfrecon doctor' lists what runs here."""
-    threads: Optional[int] = None
+    threads: int | None = None
     """torch threads per method (default: torch's choice)."""
     isolate: bool = True
     """Run each method in a fresh Python process, so that its peak memory (RSS) is its own."""

@@ -89,7 +89,8 @@ def plot_slices(path: Path, out: Path, doc: dict) -> None:
         for method in methods:
             r = by_key.get((volume["name"], views, noise, method))
             if r is not None and r["status"] == "ok":
-                panels.append((LABELS.get(method, method), read_nifti(out / r["volume_path"])[0], r["metrics"]["psnr_db"]))
+                panels.append((LABELS.get(method, method), read_nifti(out / r["volume_path"])[0],
+                               r["metrics"]["psnr_db"]))
             else:
                 panels.append((LABELS.get(method, method), None, None))
         for ax, (label, vol, psnr) in zip(row_axes, panels):

@@ -148,7 +148,8 @@ def plan(cfg: BenchConfig, fits: dict[str, FitSetup], command: str) -> Plan:
                         ("iterative-iters", cfg.iterative_iters), ("jobs", cfg.jobs)):
         _check_positive(value, name)
     if cfg.jobs > 1 and not cfg.isolate:
-        raise InputError(f"--jobs {cfg.jobs}: methods run at the same time only in their own processes (drop --no-isolate)")
+        raise InputError(f"--jobs {cfg.jobs}: methods run at the same time only in their own processes "
+                         "(drop --no-isolate)")
     if not cfg.views or len(set(cfg.views)) != len(cfg.views):
         raise InputError(f"--views: give one or more distinct numbers of views, got {list(cfg.views)}")
     for n in cfg.views:

@@ -212,7 +212,8 @@ def render_csv(doc: dict) -> str:
     for r in sorted(doc["results"], key=lambda r: (_order(r), r["volume"])):
         metrics, memory = r.get("metrics", {}), r.get("memory", {})
         row = {k: r.get(k) for k in ("volume", "method", "views", "noise", "status", "seconds", "volume_path", "error")}
-        row.update({k: metrics.get(k) for k in ("psnr_db", "ssim_3d", "ssim_2d_mean_3axes", "mae", "rmse", "data_range")})
+        row.update({k: metrics.get(k)
+                    for k in ("psnr_db", "ssim_3d", "ssim_2d_mean_3axes", "mae", "rmse", "data_range")})
         row.update({k: memory.get(k) for k in ("peak_rss_mb", "baseline_rss_mb", "cuda_peak_mb")})
         row.update(device=r.get("device", doc["device"]), cpu=machine["cpu"], cores=machine["cores"],
                    torch=machine["torch"], commit=doc["commit"], command=doc["command"])

@@ -30,7 +30,8 @@ def fit_setups(cfg: BenchConfig) -> dict[str, FitSetup]:
         if method == "condcbnt" and cfg.backbone is None:
             continue
         try:
-            layered = presets.fit_config(preset, None, cfg.device, method, cfg.backbone if method == "condcbnt" else None)
+            layered = presets.fit_config(preset, None, cfg.device, method,
+                                         cfg.backbone if method == "condcbnt" else None)
         except InputError as exc:
             raise InputError(f"{option}: {exc}") from exc
         setups[method] = FitSetup(layered.preset_name, layered.config)

@@ -96,5 +96,6 @@ def main(argv: list[str], prog: str) -> int:
           "metrics.json, config.yaml)")
     if "vs_ground_truth" in metrics:
         m = metrics["vs_ground_truth"]
-        print(f"PSNR {m['psnr_db']:.2f} dB, SSIM(3D) {m['ssim_3d']:.3f} vs ground truth (data range {m['data_range']:.4g}/mm)")
+        print(f"PSNR {m['psnr_db']:.2f} dB, SSIM(3D) {m['ssim_3d']:.3f} vs ground truth "
+              f"(data range {m['data_range']:.4g}/mm)")
     return 0

@@ -124,7 +124,8 @@ def main(argv: list[str], prog: str) -> int:
     protocol = load_protocol(args.protocol, size=args.size, views=args.views)
     photons = None if args.noiseless else (protocol.photons if args.photons is None else args.photons)
     if photons is not None and not photons > 0:
-        raise InputError(f"--photons: photon count must be positive, got {photons:g} (use --noiseless for clean projections)")
+        raise InputError(f"--photons: photon count must be positive, got {photons:g} "
+                         "(use --noiseless for clean projections)")
     require_memory(protocol.memory_bytes(args.oversample), f"each scan of {protocol.sizes(args.oversample)}",
                    "use a smaller --size or --oversample")
     device = resolve_device(args.device)

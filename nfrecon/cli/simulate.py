@@ -68,7 +68,8 @@ def _photons(args: SimulateArgs, protocol: Protocol) -> float | None:
         return None
     photons = protocol.photons if args.photons is None else args.photons
     if not photons > 0:
-        raise InputError(f"--photons: photon count must be positive, got {photons:g} (use --noiseless for clean projections)")
+        raise InputError(f"--photons: photon count must be positive, got {photons:g} "
+                         "(use --noiseless for clean projections)")
     return photons
 
 

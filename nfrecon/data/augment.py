@@ -76,7 +76,7 @@ class AugmentConfig:
             raise InputError(f"augment config: hu_floor must be finite, got {self.hu_floor!r}")
 
     @classmethod
-    def identity(cls) -> "AugmentConfig":
+    def identity(cls) -> AugmentConfig:
         """No change: the augmented volume is the plain resampling of the input."""
         return cls(rotate_deg=(0.0, 0.0), tilt_deg=(0.0, 0.0), translate_mm=(0.0, 0.0), crop_fraction=(1.0, 1.0),
                    elastic_mm=0.0, hu_scale=(1.0, 1.0), hu_offset=(0.0, 0.0))
@@ -129,7 +129,7 @@ class Augmentation:
     hu_floor: float
 
     @classmethod
-    def draw(cls, seed: int, cfg: AugmentConfig, src_geom: VolumeGeometry, out_geom: VolumeGeometry) -> "Augmentation":
+    def draw(cls, seed: int, cfg: AugmentConfig, src_geom: VolumeGeometry, out_geom: VolumeGeometry) -> Augmentation:
         """Draw every parameter from ``numpy.random.default_rng(seed)`` (same seed, same draws)."""
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise InputError(f"seed: must be a non-negative integer, got {seed!r}")
@@ -178,7 +178,8 @@ class Augmentation:
         vol = vol[start:stop]
         dz = geom.voxel_size[0]
         crop_geom = VolumeGeometry((stop - start, *geom.shape[1:]), geom.voxel_size,
-                                   (geom.center[0] + (start + stop - 1 - (geom.shape[0] - 1)) / 2 * dz, *geom.center[1:]))
+                                   (geom.center[0] + (start + stop - 1 - (geom.shape[0] - 1)) / 2 * dz,
+                                    *geom.center[1:]))
         out = torch.full(out_geom.shape, AIR_HU, dtype=torch.float32, device=vol.device)
         inter = self._intermediate(vol, crop_geom, out_geom)
         if inter is not None:
@@ -188,7 +189,7 @@ class Augmentation:
             m = self.rotation * scale[None, :]
             b = ((self.center - (self.center + self.translation) @ self.rotation - origin) * scale - 1.0)
             m, b = m[:, ::-1], b[::-1]  # grid_sample wants (x, y, z)
-            as32 = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32, device=vol.device)  # noqa: E731
+            as32 = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32, device=vol.device)
             terms = [as32(np.outer(out_geom.axis_coords(a), m[a])) for a in range(3)]
             m32, b32 = as32(m), as32(b)
             air = (lattice - AIR_HU)[None, None]  # zero padding outside = air

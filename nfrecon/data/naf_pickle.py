@@ -58,7 +58,8 @@ def safe_unpickle(path: str | Path):
         return _RestrictedUnpickler(io.BytesIO(path.read_bytes())).load()
     except _Refused as exc:
         raise InputError(f"{path}: {exc}; NAF pickles may hold only builtins and numpy arrays") from exc
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError) as exc:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            MemoryError) as exc:
         raise InputError(f"{path}: truncated or corrupt pickle ({type(exc).__name__}: {exc})") from exc
 
 
@@ -90,7 +91,7 @@ def load_naf_pickle(path: str | Path) -> Scan:
     metadata = {
         "source": str(path),
         "format": "NAF pickle",
-        "val_views_in_file": int(len(val["angles"])) if isinstance(val, dict) and "angles" in val else 0,
+        "val_views_in_file": len(val["angles"]) if isinstance(val, dict) and "angles" in val else 0,
     }
     try:
         return Scan(proj, geom, gt=gt, gt_geom=vol_geom, recon_geom=vol_geom, metadata=metadata)

@@ -56,7 +56,7 @@ class EllipsoidPhantom:
     ellipsoids: tuple[Ellipsoid, ...]
 
     @classmethod
-    def shepp_logan(cls, radius_mm: float = 100.0, mu_water: float = 0.0206) -> "EllipsoidPhantom":
+    def shepp_logan(cls, radius_mm: float = 100.0, mu_water: float = 0.0206) -> EllipsoidPhantom:
         """Modified 3D Shepp-Logan scaled to ``radius_mm``; its brain (0.2) maps to ``mu_water``.
 
         The head axis is z (the rotation axis of a circular scan).

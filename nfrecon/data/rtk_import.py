@@ -124,7 +124,8 @@ def read_rtk_scan(projections: str | os.PathLike, geometry: str | os.PathLike, *
                          f"(its third dimension); they must be one scan")
     if not np.allclose(image.direction, np.eye(3), atol=1e-6):
         raise InputError(f"{projections}: the stack's direction is not the identity "
-                         f"({np.round(image.direction, 4).tolist()}); RTK's projection frame is origin + index * spacing")
+                         f"({np.round(image.direction, 4).tolist()}); "
+                         "RTK's projection frame is origin + index * spacing")
     geom = from_rtk_parameters(params, (nv, nu), image.spacing[:2], image.origin[:2])
     proj = _line_integrals(image.array, projections, i0)
     grid, grid_text = default_recon_grid(geom, size, voxel_mm)

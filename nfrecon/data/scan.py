@@ -98,7 +98,7 @@ class Scan:
         return self.recon_geom
 
     # ------------------------------------------------------------------ derived scans
-    def views(self, idx) -> "Scan":
+    def views(self, idx) -> Scan:
         """The scan restricted to some views, e.g. ``scan.views(slice(None, None, 8))``.
 
         ``idx``: slice, int or index array. ``metadata["views"]`` records the indices into
@@ -123,8 +123,8 @@ class Scan:
         p = self.projections
         lines = [
             f"geometry: {self.geom.describe()}",
-            f"projections: {' x '.join(map(str, p.shape))} (views x rows x cols) line integrals, "
-            f"min {p.min():.4g}, mean {p.mean():.4g}, max {p.max():.4g}",
+            (f"projections: {' x '.join(map(str, p.shape))} (views x rows x cols) line integrals, "
+             f"min {p.min():.4g}, mean {p.mean():.4g}, max {p.max():.4g}"),
             "noise: " + (f"Poisson, {self.photons:g} photons per pixel" if self.photons
                          else "none recorded (noiseless or measured)"),
             f"clean projections: {'yes' if self.clean is not None else 'no'}",

@@ -39,7 +39,8 @@ class MLPConfig:
         if self.activation not in ACTIVATIONS:
             raise InputError(f"mlp: activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
         if self.out_activation not in OUT_ACTIVATIONS:
-            raise InputError(f"mlp: out_activation must be one of {sorted(OUT_ACTIVATIONS)}, got {self.out_activation!r}")
+            raise InputError(f"mlp: out_activation must be one of {sorted(OUT_ACTIVATIONS)}, "
+                             f"got {self.out_activation!r}")
 
     def layer_shapes(self, in_dim: int, out_dim: int) -> list[tuple[int, int]]:
         """(fan_in, fan_out) of each linear layer."""

@@ -58,7 +58,8 @@ def save_backbone(path: str | Path, backbone: Backbone, modulation: ModulationCo
 def read_backbone(path: str | Path) -> BackboneFile:
     """Read a backbone.pt; InputError naming the file when it is missing, corrupt or something else."""
     state = load_checkpoint(path)
-    require_kind(path, state, BACKBONE_KIND, "a pretrained backbone", "; pass the backbone.pt written by 'nfrecon pretrain'")
+    require_kind(path, state, BACKBONE_KIND, "a pretrained backbone",
+                 "; pass the backbone.pt written by 'nfrecon pretrain'")
     try:
         return BackboneFile(
             backbone=from_dict(BackboneConfig, state["config"], f"{path}: config"),
@@ -74,8 +75,8 @@ def load_backbone(path: str | Path, expected: BackboneConfig | None = None) -> B
     (InputError naming the first differing key, as ``condcbnt.backbone.<key>``)."""
     file = read_backbone(path)
     if expected is not None:
-        require_same_config(path, to_dict(file.backbone), to_dict(expected), "the backbone was pretrained with another config",
-                            prefix="condcbnt.backbone.")
+        require_same_config(path, to_dict(file.backbone), to_dict(expected),
+                            "the backbone was pretrained with another config", prefix="condcbnt.backbone.")
     backbone = Backbone(file.backbone, file.mu_max)
     with state_must_fit(path, "the weights do not fit the stored config"):
         backbone.load_state_dict(file.state)

@@ -212,7 +212,8 @@ class FitConfig:
     def require_backbone(self) -> Path:
         """The --backbone file that method condcbnt fits over; InputError when none was given."""
         if self.backbone is None:
-            raise InputError("--backbone: method condcbnt needs a pretrained backbone (backbone.pt from 'nfrecon pretrain')")
+            raise InputError("--backbone: method condcbnt needs a pretrained backbone "
+                             "(backbone.pt from 'nfrecon pretrain')")
         return self.backbone
 
 

@@ -340,7 +340,8 @@ class FitRun:
             "method": self.cfg.method,
             "steps_run": final_step,
             "stopped_early": bool(stopped),
-            "exported_step": self.stopper.best_step if (self.cfg.stop.restore_best and self.best_state is not None) else final_step,
+            "exported_step": (self.stopper.best_step if (self.cfg.stop.restore_best and self.best_state is not None)
+                              else final_step),
             "holdout_views": [int(v) for v in self.hold_views],
         }
         metrics.update(self.holdout_error())

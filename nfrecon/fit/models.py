@@ -37,8 +37,8 @@ def build_conditioned(cfg: FitConfig, scan: Scan) -> tuple[ConditionedField, lis
     cc = cfg.condcbnt
     backbone = load_backbone(cfg.require_backbone(), expected=cc.backbone)
     if cfg.mu_max > 0 and not np.isclose(cfg.mu_max, float(backbone.mu_max), rtol=1e-6):
-        raise InputError(f"--mu-max: condcbnt uses the backbone's range {float(backbone.mu_max):.6g}/mm, got {cfg.mu_max}; "
-                         f"leave it at 0")
+        raise InputError(f"--mu-max: condcbnt uses the backbone's range {float(backbone.mu_max):.6g}/mm, "
+                         f"got {cfg.mu_max}; leave it at 0")
     modulation = ModulationField(cc.modulation, backbone.film_widths)
     groups = [{"params": list(modulation.parameters()), "lr": cfg.optim.lr}]
     backbone.requires_grad_(False)

@@ -33,7 +33,8 @@ def prepare_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
     if resume and not ckpt.is_file():
         raise InputError(f"{ckpt}: nothing to resume (no checkpoint in {out})")
     if not resume and ckpt.is_file() and not overwrite:
-        raise InputError(f"{out}: holds a run already (checkpoint.pt); use --resume to continue it or --overwrite to start over")
+        raise InputError(f"{out}: holds a run already (checkpoint.pt); "
+                         "use --resume to continue it or --overwrite to start over")
 
 
 def run_fit(cfg: FitConfig, scan: Scan | None = None, *, resume: bool = False, overwrite: bool = False,

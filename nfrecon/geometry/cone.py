@@ -85,7 +85,7 @@ class ConeGeometry:
         start_deg: float = 0.0,
         endpoint: bool = False,
         det_offset: tuple[float, float] = (0.0, 0.0),
-    ) -> "ConeGeometry":
+    ) -> ConeGeometry:
         """Circular trajectory about the z axis (ASTRA ``cone`` convention).
 
         sod: source-to-rotation-axis distance (mm); sdd: source-to-detector distance (mm);
@@ -115,7 +115,7 @@ class ConeGeometry:
         return cls(det_shape, src, det, u, v)
 
     @classmethod
-    def from_astra_vectors(cls, vectors, det_shape) -> "ConeGeometry":
+    def from_astra_vectors(cls, vectors, det_shape) -> ConeGeometry:
         """From ASTRA ``cone_vec`` rows (srcX,srcY,srcZ, dX,dY,dZ, uX,uY,uZ, vX,vY,vZ).
 
         ASTRA orders vectors (x, y, z); ``det_shape`` is (DetectorRowCount, DetectorColCount).
@@ -148,7 +148,7 @@ class ConeGeometry:
     def __len__(self) -> int:
         return self.n_views
 
-    def __getitem__(self, views) -> "ConeGeometry":
+    def __getitem__(self, views) -> ConeGeometry:
         """A subset of views, e.g. ``geom[::8]`` or ``geom[[0, 5, 9]]``."""
         idx = np.arange(self.n_views)[views]
         idx = np.atleast_1d(idx)
@@ -229,10 +229,10 @@ class ConeGeometry:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ConeGeometry":
+    def from_dict(cls, d: dict) -> ConeGeometry:
         return cls(tuple(d["det_shape"]), d["src"], d["det"], d["u"], d["v"])
 
-    def allclose(self, other: "ConeGeometry", atol: float = 1e-6) -> bool:
+    def allclose(self, other: ConeGeometry, atol: float = 1e-6) -> bool:
         return self.det_shape == other.det_shape and self.n_views == other.n_views and all(
             np.allclose(getattr(self, k), getattr(other, k), atol=atol) for k in ("src", "det", "u", "v")
         )
@@ -247,7 +247,8 @@ class ConeGeometry:
         )
         if self.is_circular():
             a = np.rad2deg(self.circular_angles())
-            text += f", circular arc {a.max() - a.min():g} deg from {a[0]:g} deg, fan angle {self.fan_angle_deg():.3g} deg"
+            text += (f", circular arc {a.max() - a.min():g} deg from {a[0]:g} deg, "
+                     f"fan angle {self.fan_angle_deg():.3g} deg")
         else:
             text += ", general (non-circular) trajectory"
         return text

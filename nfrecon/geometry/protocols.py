@@ -131,7 +131,7 @@ class Protocol:
         return VolumeGeometry(self.vol_shape, self.voxel_size, self.vol_center)
 
     # ------------------------------------------------------------------ variants
-    def with_views(self, n: int) -> "Protocol":
+    def with_views(self, n: int) -> Protocol:
         """The same scan with only ``n`` of its ``n_views`` views (always chosen from the full set).
 
         View ``i`` (0 <= i < n) is full-set index ``floor(i * n_views / n)``: when ``n``
@@ -144,7 +144,7 @@ class Protocol:
             raise InputError(f"protocol {self.name!r}: cannot take {n} of {self.n_views} views")
         return dataclasses.replace(self, views=tuple(int(i) for i in (np.arange(n) * self.n_views) // n))
 
-    def scaled(self, size: int, name: str | None = None) -> "Protocol":
+    def scaled(self, size: int, name: str | None = None) -> Protocol:
         """The same field of view and trajectory on a ``size``^3 grid and a ``size``-column detector.
 
         Volume box and detector width are kept (voxel and pixel sizes grow or shrink);
@@ -155,7 +155,7 @@ class Protocol:
         if size < 1:
             raise InputError(f"protocol {self.name!r}: scaled size must be >= 1, got {size}")
         (nv, nu), (dv, du) = self.det_shape, self.pixel_size
-        rows = max(1, int(round(nv * size / nu)))
+        rows = max(1, round(nv * size / nu))
         box = np.asarray(self.vol_shape) * np.asarray(self.voxel_size)
         return dataclasses.replace(
             self,
@@ -196,7 +196,7 @@ class Protocol:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Protocol":
+    def from_dict(cls, d: dict) -> Protocol:
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - fields)
         if unknown:

@@ -128,5 +128,6 @@ class VolumeGeometry:
         return (
             f"{self.shape[0]}x{self.shape[1]}x{self.shape[2]} voxels (z,y,x) of "
             f"{self.voxel_size[0]:g}x{self.voxel_size[1]:g}x{self.voxel_size[2]:g} mm, "
-            f"box {s[0]:g}x{s[1]:g}x{s[2]:g} mm centred at ({self.center[0]:g}, {self.center[1]:g}, {self.center[2]:g}) mm"
+            f"box {s[0]:g}x{s[1]:g}x{s[2]:g} mm "
+            f"centred at ({self.center[0]:g}, {self.center[1]:g}, {self.center[2]:g}) mm"
         )

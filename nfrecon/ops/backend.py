@@ -62,7 +62,8 @@ def require_kernels(backend: str) -> None:
 def tcnn_status() -> tuple[bool, str]:
     """Whether tiny-cuda-nn can run here, and why not."""
     if importlib.util.find_spec("tinycudann") is None:
-        return False, "tinycudann is not installed (pip install git+https://github.com/NVlabs/tiny-cuda-nn/#subdirectory=bindings/torch)"
+        return False, ("tinycudann is not installed "
+                       "(pip install git+https://github.com/NVlabs/tiny-cuda-nn/#subdirectory=bindings/torch)")
     if not torch.cuda.is_available():
         return False, "tinycudann needs a CUDA device"
     return True, ""

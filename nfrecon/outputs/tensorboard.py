@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 import warnings
+from typing import TYPE_CHECKING
 
 from nfrecon.geometry.volume import VolumeGeometry
 from nfrecon.outputs.preview import orthogonal_panels, to_grey, window
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self needs Python 3.11
 
 _warned = False
 
@@ -57,7 +61,7 @@ class TBLogger:
             self._writer.close()
             self._writer = None
 
-    def __enter__(self) -> "TBLogger":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

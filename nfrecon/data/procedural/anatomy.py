@@ -126,7 +126,8 @@ class Anatomy:
     def dome(self, w, u):
         """z (mm) of the diaphragm above (w, u): two domes, the right one higher."""
         top = self.dome_left + (0.0 - self.dome_left) / (1 + np.exp(-u / (15.0 * self.k)))
-        r2 = ((np.abs(u) - 0.35 * self.L) / (0.65 * self.L)) ** 2 + ((w - self.cw + 0.1 * self.M) / (0.95 * self.M)) ** 2
+        r2 = (((np.abs(u) - 0.35 * self.L) / (0.65 * self.L)) ** 2
+              + ((w - self.cw + 0.1 * self.M) / (0.95 * self.M)) ** 2)
         return top - self.dome_depth * r2
 
     def spine_w(self, z):

@@ -76,7 +76,8 @@ def place(rng: np.random.Generator, cfg: PatientConfig, geom: VolumeGeometry, ha
     scale = min(limits)
     if scale < MIN_SCALE:
         raise InputError(f"patient config: a body does not fit the grid ({geom.describe()})"
-                         + ("" if cfg.fov_radius_mm is None else f" and field of view (radius {cfg.fov_radius_mm:g} mm)")
+                         + ("" if cfg.fov_radius_mm is None
+                            else f" and field of view (radius {cfg.fov_radius_mm:g} mm)")
                          + f" at a plausible size (scale {scale:.2f} < {MIN_SCALE})")
     z0 = lo[0] + uniform(rng, cfg.diaphragm_level) * geom.size[0]
     return Frame(scale, theta, cy, cx, z0)
@@ -220,7 +221,8 @@ def render_bones(a: Anatomy, cv: Canvas, body: np.ndarray) -> None:
         body2d = ellipsoid_sd((u, wc), (a.vb_u * g, a.vb_w * g))
         cv.paint(sl, occupancy(body2d, cv.h) * inside, a.disc_hu)
         cv.paint(sl, occupancy(body2d, cv.h) * occupancy(dz - half, cv.h) * inside, a.cortical_hu)
-        cv.paint(sl, occupancy(body2d + a.cortex, cv.h) * occupancy(dz - half + a.cortex, cv.h) * inside, a.cancellous_hu)
+        cv.paint(sl, occupancy(body2d + a.cortex, cv.h) * occupancy(dz - half + a.cortex, cv.h) * inside,
+                 a.cancellous_hu)
         rc = a.canal_r * g
         cw = wc + a.vb_w * g + rc - 1.0  # w relative to the canal's centre
         canal_d = np.sqrt(u ** 2 + cw ** 2)
@@ -229,7 +231,8 @@ def render_bones(a: Anatomy, cv: Canvas, body: np.ndarray) -> None:
         t = np.clip(np.abs(u), rc, rc + 28.0 * k * g)
         transverse = np.sqrt((np.abs(u) - t) ** 2 + (cw + 0.15 * (t - rc)) ** 2) - 4.5 * k
         arch = np.minimum(np.minimum(ring, spinous), transverse)
-        cv.paint(sl, occupancy(arch, cv.h) * occupancy(dz - half + 1.0, cv.h) * inside, 0.5 * (a.cortical_hu + a.cancellous_hu))
+        cv.paint(sl, occupancy(arch, cv.h) * occupancy(dz - half + 1.0, cv.h) * inside,
+                 0.5 * (a.cortical_hu + a.cancellous_hu))
         cv.paint(sl, occupancy(canal_d - rc, cv.h) * inside, a.canal_hu)
     for p0, p1, r0, r1, value in a.ribs:
         cv.capsule(p0, p1, r0, r1, value, body)

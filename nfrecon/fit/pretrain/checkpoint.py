@@ -107,7 +107,8 @@ def check_resume_scans(out: Path, state: dict, names: list[str]) -> None:
     if state["scans"] != names:
         missing = sorted(set(state["scans"]) ^ set(names))
         raise InputError(f"{out / CHECKPOINT}: checkpoint was made with other scans "
-                         f"({len(state['scans'])} then, {len(names)} now; e.g. {missing[0] if missing else 'another order'})")
+                         f"({len(state['scans'])} then, {len(names)} now; "
+                         f"e.g. {missing[0] if missing else 'another order'})")
 
 
 def restore_backbone(out: Path, state: dict, backbone: torch.nn.Module, opt: torch.optim.Optimizer) -> None:

@@ -159,7 +159,8 @@ class Pretrainer:
                 "backbone": self.backbone.state_dict(), "backbone_optimizer": self.backbone_opt.state_dict(),
                 "modulations": folder, "seconds": self.seconds(),
             }, keep=folder)
-            save_backbone(self.out / ckpt.BACKBONE, self.backbone, self.cfg.model.modulation, self.step, len(self.names))
+            save_backbone(self.out / ckpt.BACKBONE, self.backbone, self.cfg.model.modulation, self.step,
+                          len(self.names))
         self.d.barrier()
         self.last_checkpoint = self.step
 
@@ -178,7 +179,8 @@ class Pretrainer:
         self.gen.manual_seed(mixed_seed(cfg.seed, SEED_SAMPLING, d.rank, self.step))
         self.jitter_gen.manual_seed(mixed_seed(cfg.seed, SEED_JITTER, d.rank, self.step))
         item = self.items[int(torch.randint(len(self.items), (1,), generator=self.gen))]
-        self.lrs = (cfg.optim.backbone_lr * self.lr_factor(self.step), cfg.optim.modulation_lr * self.lr_factor(self.step))
+        self.lrs = (cfg.optim.backbone_lr * self.lr_factor(self.step),
+                    cfg.optim.modulation_lr * self.lr_factor(self.step))
         for group in self.backbone_opt.param_groups:
             group["lr"] = self.lrs[0]
         for group in item.opt.param_groups:
@@ -189,8 +191,9 @@ class Pretrainer:
                              torch.tensor(float(self.stop.requested), dtype=torch.float64, device=d.comm_device)])
         d.all_reduce(stats)
         if stats[1] > 0:
-            raise RuntimeError(f"loss is not finite at step {self.step} (on {int(stats[1])} of {d.world_size} processes); "
-                               f"lower --optim.backbone-lr / --optim.modulation-lr and --resume from the last checkpoint")
+            raise RuntimeError(f"loss is not finite at step {self.step} (on {int(stats[1])} of {d.world_size} "
+                               "processes); lower --optim.backbone-lr / --optim.modulation-lr and --resume "
+                               "from the last checkpoint")
         if stats[2] > 0:
             return None
         self.backbone_opt.zero_grad(set_to_none=True)
@@ -213,7 +216,8 @@ class Pretrainer:
         log = TBLogger(self.out / "tb") if (cfg.output.tensorboard and main) else None
         records = History(self.out, self.step) if main else None
         history, window = [], []
-        bar = progress(cfg.steps, desc="pretrain", unit="step", disable=not (main and cfg.output.progress), initial=self.step)
+        bar = progress(cfg.steps, desc="pretrain", unit="step", disable=not (main and cfg.output.progress),
+                       initial=self.step)
         what, unit = per_step(cfg)
         start_step = self.step
         self.t0 = t0 = time.perf_counter()

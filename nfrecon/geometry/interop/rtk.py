@@ -152,7 +152,8 @@ class RtkParameters:
         if n[0] == 0:
             raise InputError("RTK geometry has no projections")
         if np.any(self.SourceToDetectorDistance == 0):
-            raise InputError("RTK geometry: SourceToDetectorDistance 0 is RTK's parallel beam; nfrecon needs a cone beam")
+            raise InputError("RTK geometry: SourceToDetectorDistance 0 is RTK's parallel beam; "
+                             "nfrecon needs a cone beam")
         if np.any(self.SourceToIsocenterDistance <= 0) or np.any(self.SourceToDetectorDistance < 0):
             raise InputError("RTK geometry: SourceToIsocenterDistance and SourceToDetectorDistance must be positive")
 

@@ -66,7 +66,8 @@ class VoxelProjector(ReferenceProjector):
         backend: str = "auto",
     ):
         if backend not in PROJECTOR_BACKENDS:
-            raise InputError(f"--backend: the projector runs on one of {', '.join(PROJECTOR_BACKENDS)}, got {backend!r}")
+            raise InputError(f"--backend: the projector runs on one of {', '.join(PROJECTOR_BACKENDS)}, "
+                             f"got {backend!r}")
         super().__init__(vol_geom, geom, step_mm, chunk_samples, cache_bytes)
         self.backend = backend
         self._args: dict[torch.device, ProjectorArgs] = {}
@@ -83,7 +84,8 @@ class VoxelProjector(ReferenceProjector):
     def adjoint(self, proj: torch.Tensor) -> torch.Tensor:
         """Backprojection ``A^T proj`` -> (nz, ny, nx), the exact transpose of ``forward``."""
         if tuple(proj.shape) != self.geom.proj_shape:
-            raise InputError(f"backprojection: projections have shape {tuple(proj.shape)}, geometry expects {self.geom.proj_shape}")
+            raise InputError(f"backprojection: projections have shape {tuple(proj.shape)}, "
+                             f"geometry expects {self.geom.proj_shape}")
         if self.backend_for(proj) == "torch":
             return super().adjoint(proj)
         return ProjectorAdjointFunction.apply(proj.reshape(-1).contiguous(), self.kernel_args(proj.device), None)

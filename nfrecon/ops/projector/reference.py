@@ -83,7 +83,8 @@ class ReferenceProjector:
     def adjoint(self, proj: torch.Tensor) -> torch.Tensor:
         """Backprojection ``A^T proj`` -> (nz, ny, nx), the exact transpose of ``forward``."""
         if tuple(proj.shape) != self.geom.proj_shape:
-            raise InputError(f"backprojection: projections have shape {tuple(proj.shape)}, geometry expects {self.geom.proj_shape}")
+            raise InputError(f"backprojection: projections have shape {tuple(proj.shape)}, "
+                             f"geometry expects {self.geom.proj_shape}")
         return _Backproject.apply(proj, self)
 
     @property
@@ -114,7 +115,8 @@ class ReferenceProjector:
     # ------------------------------------------------------------------ internals
     def _check_volume(self, volume: torch.Tensor):
         if tuple(volume.shape) != self.vol_geom.shape:
-            raise InputError(f"projection: volume has shape {tuple(volume.shape)}, geometry expects {self.vol_geom.shape}")
+            raise InputError(f"projection: volume has shape {tuple(volume.shape)}, "
+                             f"geometry expects {self.vol_geom.shape}")
 
     def _geometry(self, device) -> dict[str, torch.Tensor]:
         device = torch.device(device)
