@@ -16,17 +16,15 @@
 namespace nfrecon {
 namespace {
 
-// Samples evaluated together. Large blocks: each weight row and, in the backward, each row of
-// the thread's (double) parameter-gradient buffer is touched once per block; the modulation
-// network's last layer alone is P x 128 values (P = 768 at the published sizes).
-#ifndef NFR_COND_BLOCK
-#define NFR_COND_BLOCK 16
-#endif
-constexpr int kCondBlock = NFR_COND_BLOCK;
+// Samples evaluated together. Narrow networks (condcbnt-fast, 32 wide): 4, so that a block's
+// activations stay in registers; wide ones (the published 128, FiLM vectors of 768): 16, so that
+// each weight and each row of the thread's (double) parameter-gradient buffer is touched once per
+// 16 samples (the modulation network's last layer alone is 768 x 128 values).
+template <int W> constexpr int kCondBlock = W <= 32 ? 4 : 16;
 
 // One ray scratch per chunk of rays, on the heap (too large for an OpenMP thread's stack).
 template <typename T, int W>
-using RayScratch = CondRayScratch<T, W, kCondBlock, true>;
+using RayScratch = CondRayScratch<T, W, kCondBlock<W>, true>;
 
 at::Tensor cond_march_forward_cpu(const at::Tensor& rays, const at::Tensor& geometry, const at::Tensor& offsets,
                                   const at::Tensor& btable, at::TensorList bweights, at::TensorList bbiases,
@@ -50,7 +48,7 @@ at::Tensor cond_march_forward_cpu(const at::Tensor& rays, const at::Tensor& geom
       at::parallel_for(0, n_rays, 8, [&](int64_t b, int64_t e) {
         auto sc = std::make_unique<RayScratch<T, W>>();
         for (int64_t i = b; i < e; ++i) {
-          o[i] = cond_ray_forward<T, W, UB, UM, kCondBlock, true>(
+          o[i] = cond_ray_forward<T, W, UB, UM, kCondBlock<W>, true>(
               s, a.nets, r[i], off != nullptr ? off + i * s.n_samples : nullptr, *sc);
         }
       });
@@ -90,7 +88,7 @@ std::vector<at::Tensor> cond_march_backward_cpu(
           BufferAcc<double> bt{buf}, bp{buf + nbt}, mt{buf + nbt + nbp}, mp{buf + nbt + nbp + nmt};
           auto sc = std::make_unique<RayScratch<T, W>>();
           for (int64_t i = b; i < e; ++i) {
-            cond_ray_backward<T, W, UB, UM, kCondBlock, true, BG>(
+            cond_ray_backward<T, W, UB, UM, kCondBlock<W>, true, BG>(
                 s, a.nets, r[i], off != nullptr ? off + i * s.n_samples : nullptr, gr[i], *sc, bt, bp, mt, mp);
           }
         });

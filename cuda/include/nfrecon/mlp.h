@@ -117,6 +117,52 @@ template <typename T, int W, bool Uniform> NFR_HD int film_offset(const MLPView<
 //
 // Layouts: x and grad_x hold S rows of xs elements (point s at x + s * xs); h[i][s][j].
 
+// out[p][j] = b[j] + sum_a M[a][j] in_p[a] for the S points p and outputs j0 <= j < j0 + n
+// (n <= JB; Full: n == JB, known at compile time; b null: no bias), M a matrix with rows of
+// stride ms and in_p = cat([x_p (nx values), h_p (nh values)]): a register block of PB points x
+// JB outputs, each row segment of M loaded once per PB points. Each output sums the bias, then
+// the x terms, then the h terms in order (the per-point arithmetic of the plain loops).
+template <typename T, int S, int PB, int JB, bool Full>
+NFR_HD void dense_chunk(const T* __restrict__ mat, int ms, const T* __restrict__ b, int j0, int n, const T* x, int xs,
+                        int nx, const T* h, int hs, int nh, T* out, int os) {
+  const int jn = Full ? JB : n;
+  for (int p0 = 0; p0 < S; p0 += PB) {
+    T acc[PB][JB];
+    NFR_UNROLL
+    for (int p = 0; p < PB; ++p)
+      for (int j = 0; j < jn; ++j) acc[p][j] = b != nullptr ? b[j0 + j] : T(0);
+    for (int a = 0; a < nx; ++a) {
+      const T* w = mat + int64_t(a) * ms + j0;
+      NFR_UNROLL
+      for (int p = 0; p < PB; ++p) axpy(acc[p], w, jn, x[(p0 + p) * xs + a]);
+    }
+    for (int a = 0; a < nh; ++a) {
+      const T* w = mat + int64_t(nx + a) * ms + j0;
+      NFR_UNROLL
+      for (int p = 0; p < PB; ++p) axpy(acc[p], w, jn, h[(p0 + p) * hs + a]);
+    }
+    NFR_UNROLL
+    for (int p = 0; p < PB; ++p)
+      for (int j = 0; j < jn; ++j) out[(p0 + p) * os + j0 + j] = acc[p][j];
+  }
+}
+
+// out (S rows of stride os) = the no outputs b + M^T cat([x, h]) for a matrix M of nx + nh
+// rows of stride ms (a layer's transposed weight in the forward; its weight, for dL/d(input),
+// in the backward), inputs in S rows of stride xs and hs: blocks of 8 points x 32 outputs (two
+// AVX-512 vectors of float), so that wide layers (the published 128, the 768 FiLM outputs of a
+// modulation network) reuse each matrix element from registers.
+template <typename T, int S>
+NFR_HD void dense_block(const T* mat, int ms, const T* b, int no, const T* x, int xs, int nx, const T* h, int hs, int nh,
+                        T* out, int os) {
+  constexpr int PB = S < 8 ? S : 8;
+  constexpr int JB = 32;
+  static_assert(S % PB == 0, "blocks of points must be a multiple of 8 (or fewer than 8)");
+  int j0 = 0;
+  for (; j0 + JB <= no; j0 += JB) dense_chunk<T, S, PB, JB, true>(mat, ms, b, j0, JB, x, xs, nx, h, hs, nh, out, os);
+  if (j0 < no) dense_chunk<T, S, PB, JB, false>(mat, ms, b, j0, no - j0, x, xs, nx, h, hs, nh, out, os);
+}
+
 // Forward of S points x. Stores the hidden activations h[i] (i < n_layers - 1) for a backward
 // pass and the last layer's pre-activations z_out; writes the network outputs y (both S rows
 // of the output width: one value for a field, the FiLM vector for a modulation network).
@@ -127,20 +173,24 @@ NFR_HD void mlp_forward(const MLPView<T>& m, const T* x, int xs, T (*h)[S][W], T
   const int last = m.n_layers - 1;
   for (int i = 0; i < last; ++i) {
     const int no = hidden_width<T, W, Uniform>(m, i);
+    const bool has_x = i == 0 || m.skip[i];  // the x columns come first in cat([x, h])
+    const int prev_dim = i > 0 ? hidden_width<T, W, Uniform>(m, i - 1) : 0;
+    const T* hprev = i > 0 ? &h[i - 1][0][0] : nullptr;
     T z[S][W];  // registers when Uniform and S * W fits (see above)
-    NFR_UNROLL
-    for (int p = 0; p < S; ++p)
-      for (int j = 0; j < no; ++j) z[p][j] = m.b[i][j];
-    const T* wt = m.Wt[i];
-    if (i == 0 || m.skip[i]) {  // the x columns come first in cat([x, h])
-      for (int a = 0; a < m.in_dim; ++a) {
-        NFR_UNROLL
-        for (int p = 0; p < S; ++p) axpy(z[p], wt + a * no, no, x[p * xs + a]);
+    if constexpr (W > 32) {  // wide layers: register blocks over points and outputs
+      dense_block<T, S>(m.Wt[i], no, m.b[i], no, x, xs, has_x ? m.in_dim : 0, hprev, W, prev_dim, &z[0][0], W);
+    } else {
+      NFR_UNROLL
+      for (int p = 0; p < S; ++p)
+        for (int j = 0; j < no; ++j) z[p][j] = m.b[i][j];
+      const T* wt = m.Wt[i];
+      if (has_x) {
+        for (int a = 0; a < m.in_dim; ++a) {
+          NFR_UNROLL
+          for (int p = 0; p < S; ++p) axpy(z[p], wt + a * no, no, x[p * xs + a]);
+        }
+        wt += int64_t(m.in_dim) * no;
       }
-      wt += int64_t(m.in_dim) * no;
-    }
-    if (i > 0) {
-      const int prev_dim = hidden_width<T, W, Uniform>(m, i - 1);
       for (int a = 0; a < prev_dim; ++a) {
         NFR_UNROLL
         for (int p = 0; p < S; ++p) axpy(z[p], wt + a * no, no, h[i - 1][p][a]);
@@ -161,19 +211,12 @@ NFR_HD void mlp_forward(const MLPView<T>& m, const T* x, int xs, T (*h)[S][W], T
       for (int j = 0; j < no; ++j) h[i][p][j] = hidden_act(m.act, z[p][j]);
   }
   const int nout = m.width[last];
-  if (nout > 1) {  // a vector output (the modulation network): axpys over its outputs
+  if (nout > 1) {  // a vector output (the modulation network's FiLM vector)
     const int prev_dim = last > 0 ? hidden_width<T, W, Uniform>(m, last - 1) : 0;
-    for (int p = 0; p < S; ++p) {
-      T* z = z_out + p * nout;
-      for (int j = 0; j < nout; ++j) z[j] = m.b[last][j];
-      const T* wt = m.Wt[last];
-      if (last == 0 || m.skip[last]) {
-        for (int a = 0; a < m.in_dim; ++a) axpy(z, wt + a * nout, nout, x[p * xs + a]);
-        wt += int64_t(m.in_dim) * nout;
-      }
-      for (int a = 0; a < prev_dim; ++a) axpy(z, wt + a * nout, nout, h[last - 1][p][a]);
-      for (int j = 0; j < nout; ++j) y[p * nout + j] = out_act_value(m.out_act, z[j]);
-    }
+    dense_block<T, S>(m.Wt[last], nout, m.b[last], nout, x, xs, last == 0 || m.skip[last] ? m.in_dim : 0,
+                      last > 0 ? &h[last - 1][0][0] : nullptr, W, prev_dim, z_out, nout);
+    for (int p = 0; p < S; ++p)
+      for (int j = 0; j < nout; ++j) y[p * nout + j] = out_act_value(m.out_act, z_out[p * nout + j]);
     return;
   }
   // the output layer of a field (width 1): a dot product with its weight row
@@ -252,12 +295,16 @@ NFR_HD void mlp_backward(const MLPView<T>& m, const T* x, int xs, const T (*h)[S
       }
     }
     if (i == 0) break;
-    NFR_UNROLL
-    for (int p = 0; p < S; ++p)
-      for (int a = 0; a < prev_dim; ++a) gp[p][a] = T(0);
-    for (int j = 0; j < no; ++j) {
+    if constexpr (W > 32) {  // dL/dh = W^T dL/dz in register blocks (wide layers)
+      dense_block<T, S>(w + x_cols, fan, nullptr, prev_dim, gc, gst, no, nullptr, 0, 0, &gp[0][0], W);
+    } else {
       NFR_UNROLL
-      for (int p = 0; p < S; ++p) axpy(gp[p], w + int64_t(j) * fan + x_cols, prev_dim, gc[p * gst + j]);
+      for (int p = 0; p < S; ++p)
+        for (int a = 0; a < prev_dim; ++a) gp[p][a] = T(0);
+      for (int j = 0; j < no; ++j) {
+        NFR_UNROLL
+        for (int p = 0; p < S; ++p) axpy(gp[p], w + int64_t(j) * fan + x_cols, prev_dim, gc[p * gst + j]);
+      }
     }
     NFR_UNROLL
     for (int p = 0; p < S; ++p)
