@@ -10,9 +10,12 @@ import pytest
 from PIL import Image
 from skimage.metrics import structural_similarity
 
+from nfrecon.bench.config import BenchConfig
 from nfrecon.bench.published import PUBLISHED
+from nfrecon.bench.runner import plan, simulate_conditions
 from nfrecon.bench.table import summarize
 from nfrecon.cli import main
+from nfrecon.data.volumes import volume_sha256
 from nfrecon.fields.conditioned import Backbone, BackboneConfig, ModulationConfig
 from nfrecon.fields.hashgrid import HashGridConfig
 from nfrecon.fields.mlp import MLPConfig
@@ -40,7 +43,7 @@ def _write_backbone(path) -> None:
                          mlp=MLPConfig(hidden=(16, 16), skips=()))
     modulation = ModulationConfig(encoder=HashGridConfig(n_levels=2, log2_hashmap_size=10, base_resolution=3),
                                   mlp=MLPConfig(hidden=(8,), skips=(), out_activation="none"))
-    save_backbone(path, Backbone(cfg, 0.05), modulation, step=0, n_scans=1)
+    save_backbone(path, Backbone(cfg, 0.05), modulation, step=0, n_scans=1, training_cts=[], held_out_cts=[])
 
 
 @pytest.fixture(scope="module")
@@ -225,6 +228,7 @@ def test_summary_mean_and_sample_std_over_volumes():
         (["--ct", "{d}/ok.npz", "--size", "4"], "--size"),
         (["--ct", "{d}/ok.npz", "--skip", "iterative:60"], "--skip"),
         (["--ct", "{d}/ok.npz", "--jobs", "2", "--no-isolate"], "--jobs"),
+        (["--ct", "{d}/ok.npz", "--photons", "0"], "--photons"),
     ],
 )
 def test_bad_input_one_line_error_exit_2_no_output(tmp_path, capsys, argv, message):
@@ -237,3 +241,17 @@ def test_bad_input_one_line_error_exit_2_no_output(tmp_path, capsys, argv, messa
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and message in lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+def test_photons_set_the_noise_of_the_noisy_condition_and_scans_name_their_ct(tmp_path):
+    _write_ct(tmp_path / "ok.npz")
+    cfg = BenchConfig(ct=[tmp_path / "ok.npz"], size=16, views=(8,), noise=("noisy",), photons=2e3, methods=("fdk",),
+                      out=tmp_path / "out", device="cpu")
+    bench_plan = plan(cfg, {}, "nfrecon bench")
+    scans, _ = simulate_conditions(bench_plan, bench_plan.volumes[0], seed=0)
+    scan = scans[8, "noisy"]
+    assert scan.photons == 2e3
+    assert scan.metadata["source_ct"] == {"name": "ok.npz", "sha256": volume_sha256(tmp_path / "ok.npz")}
+    # Poisson counts: the variance of a line integral is about 1 / (photons exp(-p)) (delta method)
+    z = (scan.projections - scan.clean) * np.sqrt(2e3 * np.exp(-scan.clean))
+    assert 0.85 < float(np.mean(z ** 2)) < 1.15

@@ -137,11 +137,15 @@ def test_one_backbone_serves_grids_of_any_box():
 
 def test_backbone_file_round_trip_and_config_mismatch(tmp_path):
     backbone, _ = _models()
-    save_backbone(tmp_path / "backbone.pt", backbone, MODULATION, step=7, n_scans=3)
+    cts = [{"name": "a.npz", "sha256": "ab" * 32, "scans": 2}]
+    held = [{"name": "b.npz", "sha256": "cd" * 32, "scans_left_out": 4}]
+    save_backbone(tmp_path / "backbone.pt", backbone, MODULATION, step=7, n_scans=3, training_cts=cts,
+                  held_out_cts=held)
     info = read_backbone(tmp_path / "backbone.pt")
     assert (info.backbone == BACKBONE and info.modulation == MODULATION and info.step == 7
-            and info.mu_max == pytest.approx(MU_MAX))
-    loaded = load_backbone(tmp_path / "backbone.pt", expected=BACKBONE)
+            and info.mu_max == pytest.approx(MU_MAX) and info.training_cts == cts and info.held_out_cts == held)
+    assert info.trained_on("ab" * 32) == cts[0] and info.trained_on("cd" * 32) is None and info.trained_on(None) is None
+    loaded, _ = load_backbone(tmp_path / "backbone.pt", expected=BACKBONE)
     u = torch.rand(50, 3, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(loaded(u), backbone(u))

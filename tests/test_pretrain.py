@@ -2,6 +2,7 @@
 input, and test-time fitting of a modulation field over the pretrained backbone."""
 
 import csv
+import hashlib
 import json
 import os
 import signal
@@ -17,11 +18,12 @@ import yaml
 
 from nfrecon.cli import main
 from nfrecon.data.phantom import Ellipsoid, EllipsoidPhantom
-from nfrecon.data.scan import save_scan
+from nfrecon.data.scan import load_scan_metadata, save_scan
 from nfrecon.errors import InputError
 from nfrecon.fields.conditioned import BackboneConfig, ModulationConfig
 from nfrecon.fields.hashgrid import HashGridConfig
 from nfrecon.fields.mlp import MLPConfig
+from nfrecon.fit.backbone import read_backbone
 from nfrecon.fit.config import (
     ConditionedModelConfig,
     PretrainConfig,
@@ -282,4 +284,67 @@ def test_fit_condcbnt_bad_input(scans, backbone_file, tmp_path, capsys, extra, m
     assert main(argv) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(err) == 1 and message in err[0]
+    assert not (tmp_path / "o").exists()
+
+
+def _npz_ct(path: Path, seed: int) -> Path:
+    """A CT file (HU, 24^3 voxels of 12 mm): a body ellipsoid with a few random organs."""
+    rng = np.random.default_rng(seed)
+    k, j, i = np.meshgrid(*(np.arange(24) - 11.5,) * 3, indexing="ij")
+    hu = np.where((i / 10) ** 2 + (j / 8) ** 2 + (k / 11) ** 2 < 1, 0, -1000).astype(np.int16)
+    for _ in range(3):
+        c, r = rng.uniform(-5, 5, 3), rng.uniform(2, 4)
+        hu[(k - c[0]) ** 2 + (j - c[1]) ** 2 + (i - c[2]) ** 2 < r * r] = int(rng.integers(-600, 900))
+    np.savez(path, volume_hu=hu, spacing_zyx_mm=np.float32([12, 12, 12]))
+    return path
+
+
+def test_held_out_ct_and_its_variants_never_reach_the_backbone(tmp_path, cli):
+    a, b = _npz_ct(tmp_path / "patient_a.npz", 1), _npz_ct(tmp_path / "patient_b.npz", 2)
+    copy_of_a = tmp_path / "renamed.npz"
+    copy_of_a.write_bytes(a.read_bytes())  # the same CT under another name: identity is the digest
+    pop = tmp_path / "population"
+    code, _, _ = cli("make-dataset", "--out", pop, "--count", "8", "--source", "mixed", "--procedural-fraction",
+                     "0.25", "--ct", a, b, "--protocol", "small", "--size", "12", "--views", "6", "--seed", "2")
+    assert code == 0
+    index = json.loads((pop / "dataset.json").read_text())
+    assert [e["source"] for e in index["scans"]].count("procedural") == index["procedural_scans"] == 2
+    assert [c["scans"] for c in index["cts"]] == [3, 3]  # the CTs take turns
+    digest = {c["sha256"]: Path(c["file"]).name for c in index["cts"]}
+    for entry in index["scans"]:
+        meta = load_scan_metadata(pop / entry["file"])
+        assert meta.get("source_ct", {}).get("sha256") == entry.get("ct_sha256")
+    out = tmp_path / "loo"
+    assert cli("pretrain", "--scans", pop, "--exclude-ct", copy_of_a, "--out", out, "--data", "voxels",
+               "--steps", "2", "--points-per-step", "64", "--device", "cpu", "--output.no-tensorboard",
+               "--output.no-progress", "--model.backbone.mlp.hidden", "8", "--model.modulation.mlp.hidden", "4")[0] == 0
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    used = {load_scan_metadata(p).get("source_ct", {}).get("sha256") for p in state["scans"]}
+    a_sha = hashlib.sha256(a.read_bytes()).hexdigest()
+    assert len(state["scans"]) == 5 and a_sha not in used and digest[a_sha] == "patient_a.npz"
+    file = read_backbone(out / "backbone.pt")
+    assert [(c["name"], c["scans"]) for c in file.training_cts] == [("patient_b.npz", 3)]
+    assert [(c["sha256"], c["scans_left_out"]) for c in file.held_out_cts] == [(a_sha, 3)]
+    # a fit of a scan of the held-out CT is a clean test; of a training CT, it warns
+    fit = ["fit", "--method", "condcbnt", "--backbone", out / "backbone.pt", "--steps", "2", "--output.no-tensorboard",
+           "--output.no-progress", "--sampling.rays-per-step", "32", "--sampling.n-samples", "8"]
+    assert cli("simulate", "--volume", a, "--protocol", "small", "--size", "12", "--views", "6",
+               "--out", tmp_path / "a.h5")[0] == 0
+    code, _, err = cli(*fit, "--scan", tmp_path / "a.h5", "--out", tmp_path / "fit_a")
+    assert code == 0 and "not a held-out test" not in err
+    b_scan = next(e["file"] for e in index["scans"] if e.get("ct") == "patient_b.npz")
+    code, _, err = cli(*fit, "--scan", pop / b_scan, "--out", tmp_path / "fit_b")
+    assert code == 0 and "pretrained on 3 scan(s) made from this scan's CT (patient_b.npz)" in err
+
+
+def test_exclude_ct_errors_name_the_option(tmp_path, cli):
+    a = _npz_ct(tmp_path / "a.npz", 1)
+    pop = tmp_path / "pop"
+    assert cli("make-dataset", "--out", pop, "--count", "2", "--source", "augment", "--ct", a, "--protocol", "small",
+               "--size", "8", "--views", "4", "--noiseless")[0] == 0
+    base = ["pretrain", "--scans", pop, "--out", tmp_path / "o", "--steps", "1", "--device", "cpu"]
+    code, _, err = cli(*base, "--exclude-ct", tmp_path / "missing.npz")
+    assert code == 2 and "missing.npz: no such file or folder" in err
+    code, _, err = cli(*base, "--exclude-ct", a)
+    assert code == 2 and "--exclude-ct: every training scan was made from a held-out CT" in err
     assert not (tmp_path / "o").exists()

@@ -31,6 +31,9 @@ class BenchConfig:
     """Numbers of views (each taken from the protocol's full set: 50 of 400 = every 8th)."""
     noise: tuple[NoiseName, ...] = ("noisy", "clean")
     """Conditions: noisy (the protocol's photon count, Poisson) and/or clean (noiseless)."""
+    photons: float | None = None
+    """Incident photons per pixel of the noisy condition (default: the protocol's, 1e5 for
+    condcbnt; e.g. 1e4 for a low-dose condition)."""
     methods: tuple[MethodName, ...] | None = None
     """Methods (default: fdk iterative naf, plus condcbnt when --backbone is given)."""
     skip: tuple[str, ...] = ()

@@ -38,6 +38,7 @@ from nfrecon.bench.methods import run_job
 from nfrecon.configio import load_yaml, to_dict
 from nfrecon.data.nifti import write_nifti
 from nfrecon.data.scan import Scan, save_scan
+from nfrecon.data.sources import SOURCE_CT, ct_source
 from nfrecon.data.volumes import read_ct
 from nfrecon.devices import resolve_device
 from nfrecon.errors import InputError
@@ -144,6 +145,10 @@ def plan(cfg: BenchConfig, fits: dict[str, FitSetup], command: str) -> Plan:
     if cfg.size is not None and cfg.size < 8:
         raise InputError(f"--size: must be an integer >= 8 (the SSIM window is 7 voxels), got {cfg.size}")
     protocol = load_protocol(cfg.protocol, cfg.size)
+    if cfg.photons is not None:
+        if not cfg.photons > 0:
+            raise InputError(f"--photons: photon count must be positive, got {cfg.photons:g}")
+        protocol = dataclasses.replace(protocol, photons=float(cfg.photons))
     for name, value in (("steps", cfg.steps), ("curve-points", cfg.curve_points), ("threads", cfg.threads),
                         ("iterative-iters", cfg.iterative_iters), ("jobs", cfg.jobs)):
         _check_positive(value, name)
@@ -194,7 +199,7 @@ def simulate_conditions(plan: Plan, volume: Volume, seed: int) -> tuple[dict[tup
     union = sorted(set().union(*subsets.values()))
     position = {v: i for i, v in enumerate(union)}
     full = dataclasses.replace(p, views=tuple(union))
-    meta = {"source": str(volume.path), "protocol": p.to_dict()}
+    meta = {"source": str(volume.path), SOURCE_CT: ct_source(volume.path), "protocol": p.to_dict()}
     photons = p.photons if "noisy" in cfg.noise else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

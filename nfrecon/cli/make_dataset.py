@@ -17,6 +17,7 @@ from nfrecon.configio import load_yaml, merge, to_dict
 from nfrecon.data.augment import AugmentConfig, augment_ct
 from nfrecon.data.procedural import PatientConfig, generate_patient
 from nfrecon.data.scan import save_scan
+from nfrecon.data.sources import SOURCE_CT
 from nfrecon.data.volumes import read_ct, volume_sha256
 from nfrecon.devices import require_memory
 from nfrecon.errors import InputError
@@ -28,10 +29,12 @@ from nfrecon.simulate import simulate_scan
 DESCRIPTION = """Simulate a population of scans for pretraining (CondCBNT backbones): procedural
 patients (random thorax/abdomen anatomy, nfrecon.data.procedural), augmented real CTs
 (random crop, rigid motion, elastic deformation, intensity jitter; nfrecon.data.augment),
-or both alternately. Each volume is converted to mu with the protocol's HU mapping,
+or both (mixed: --procedural-fraction of the scans procedural, spread evenly; the CTs take
+turns in the others, so each CT gets about the same number of variants). Each volume is converted to mu with the protocol's HU mapping,
 projected and given Poisson noise (nfrecon.simulate), and saved with its ground truth on
 the protocol's reconstruction grid as <out>/scan_0000.h5, ... . <out>/dataset.json,
-written last, lists the files with their sources and seeds: scan i uses
+written last, lists the files with their sources (the CT's name and sha256, also in each
+scan's metadata as source_ct, which 'nfrecon pretrain --exclude-ct' reads) and seeds: scan i uses
 numpy SeedSequence([--seed, i]).generate_state(2) as (patient or augmentation seed, noise
 seed), so the same options rebuild the same files."""
 
@@ -47,7 +50,10 @@ class MakeDatasetArgs:
     count: int = 10
     """Number of scans."""
     source: str = "procedural"
-    """procedural, augment (the --ct volumes, in turn) or mixed (alternately, procedural first)."""
+    """procedural, augment (the --ct volumes, in turn) or mixed (procedural patients and augmented CTs)."""
+    procedural_fraction: float = 0.5
+    """With --source mixed: the fraction of the scans that are procedural patients (0.5:
+    alternately, procedural first)."""
     ct: tuple[Path, ...] = ()
     """Real CT volumes in HU to augment: NIfTI (.nii, .nii.gz), .npz (volume_hu + spacing_zyx_mm),
     MetaImage (.mha, .mhd), NRRD (.nrrd, .nhdr) or folders each holding one DICOM series."""
@@ -90,6 +96,8 @@ def _check(args: MakeDatasetArgs) -> None:
         raise InputError(f"--ct: --source {args.source} needs at least one CT volume to augment")
     if args.source == "procedural" and args.ct:
         raise InputError("--ct: CT volumes are only used with --source augment or mixed")
+    if not 0.0 <= args.procedural_fraction <= 1.0:
+        raise InputError(f"--procedural-fraction: must lie in [0, 1], got {args.procedural_fraction}")
     check_output_dir(args.out)
     if (args.out / INDEX).exists() and not args.overwrite:
         raise InputError(f"{args.out}: already holds a dataset ({INDEX}); use --overwrite to replace it")
@@ -108,6 +116,19 @@ def _read_cts(paths) -> list[dict]:
         hu, geom = read_ct(path)
         cts.append({"path": Path(path), "sha256": volume_sha256(path), "hu": hu, "geom": geom})
     return cts
+
+
+def _kinds(args: MakeDatasetArgs) -> list[int | None]:
+    """Per scan: None for a procedural patient, else the index of the CT to augment."""
+    if args.source == "procedural":
+        return [None] * args.count
+    if args.source == "augment":
+        return [i % len(args.ct) for i in range(args.count)]
+    f, kinds = args.procedural_fraction, []
+    for i in range(args.count):  # procedural where round(f i) steps up: spread evenly (f = 0.5: 0, 2, 4, ...)
+        procedural = int(f * (i + 1) + 0.5) > int(f * i + 0.5)
+        kinds.append(None if procedural else sum(k is not None for k in kinds) % len(args.ct))
+    return kinds
 
 
 def _seeds(seed: int, index: int) -> tuple[int, int]:
@@ -142,23 +163,23 @@ def main(argv: list[str], prog: str) -> int:
     width = max(4, len(str(args.count - 1)))
     entries, fov_losses = [], []
     with progress(args.count, desc="make-dataset", unit="scan") as bar:
-        for i in range(args.count):
+        for i, kind in enumerate(_kinds(args)):
             volume_seed, noise_seed = _seeds(args.seed, i)
-            procedural = args.source == "procedural" or (args.source == "mixed" and i % 2 == 0)
-            entry = {"file": f"scan_{i:0{width}d}.h5", "index": i}
-            if procedural:
+            entry, meta = {"file": f"scan_{i:0{width}d}.h5", "index": i}, {}
+            if kind is None:
                 hu, vol_geom = generate_patient(volume_seed, patient_cfg)
                 entry.update(source="procedural", patient_seed=volume_seed)
             else:
-                ct = cts[(i if args.source == "augment" else i // 2) % len(cts)]
+                ct = cts[kind]
                 hu, vol_geom = augment_ct(ct["hu"], ct["geom"], volume_seed, augment_cfg, grid), grid
                 entry.update(source="augment", ct=ct["path"].name, ct_sha256=ct["sha256"], augment_seed=volume_seed)
+                meta[SOURCE_CT] = {"name": ct["path"].name, "sha256": ct["sha256"]}
             entry["noise_seed"] = noise_seed
             with warnings.catch_warnings():  # one summary below instead of a warning per scan
                 warnings.filterwarnings("ignore", message="volume outside the field of view")
                 warnings.filterwarnings("ignore", message=".* of the object lies outside the reconstruction box")
                 scan = simulate_scan(protocol.hu_to_mu(hu), vol_geom, geom, recon, photons=photons, seed=noise_seed,
-                                     device=device, metadata={"protocol": protocol.to_dict(), "dataset": entry})
+                                     device=device, metadata={"protocol": protocol.to_dict(), "dataset": entry, **meta})
             save_scan(scan, args.out / entry["file"])
             entry.update(outside_fov=scan.metadata["outside_fov"], outside_recon_box=scan.metadata["outside_recon_box"])
             fov_losses.append(entry["outside_fov"])
@@ -187,7 +208,9 @@ def main(argv: list[str], prog: str) -> int:
         "recon_grid": recon.to_dict(),
         "procedural": to_dict(patient_cfg) if args.source != "augment" else None,
         "augment": to_dict(augment_cfg) if args.source != "procedural" else None,
-        "cts": [{"file": str(ct["path"]), "sha256": ct["sha256"], "geometry": ct["geom"].to_dict()} for ct in cts],
+        "cts": [{"file": str(ct["path"]), "sha256": ct["sha256"], "geometry": ct["geom"].to_dict(),
+                 "scans": sum(e.get("ct_sha256") == ct["sha256"] for e in entries)} for ct in cts],
+        "procedural_scans": sum(e["source"] == "procedural" for e in entries),
         "options": to_dict(args),
         "scans": entries,
     }

@@ -14,7 +14,7 @@ from nfrecon.errors import InputError
 from nfrecon.fit import presets
 from nfrecon.fit.config import PretrainConfig
 from nfrecon.fit.distributed import launched_by_torchrun, torchrun_command
-from nfrecon.fit.pretrain import resolve_scan_paths, run_pretrain
+from nfrecon.fit.pretrain import run_pretrain, training_population
 
 DESCRIPTION = """Pretrain the shared backbone of CondCBNT together with one modulation field per
 training scan (auto-decoding), on the scans' projections (rays, MSE on line integrals; the
@@ -78,7 +78,7 @@ def main(argv: list[str], prog: str) -> int:
     if args.nproc > 0:
         if launched_by_torchrun():
             raise InputError("--nproc: this process was started by torchrun already; leave --nproc out")
-        resolve_scan_paths(cfg.scans)  # fail here, before starting processes
+        training_population(cfg.scans, cfg.exclude_ct)  # fail here, before starting processes
         cmd = torchrun_command(args.nproc, ["pretrain", *_without_nproc(argv)])
         print(f"pretrain: starting {args.nproc} processes: {' '.join(cmd)}", flush=True)
         return subprocess.run(cmd, env=os.environ.copy(), check=False).returncode

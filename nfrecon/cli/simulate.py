@@ -9,6 +9,7 @@ from typing import Literal
 from nfrecon.cli.common import parse, resolve_device
 from nfrecon.data.nifti import write_nifti
 from nfrecon.data.scan import save_scan
+from nfrecon.data.sources import SOURCE_CT, ct_source
 from nfrecon.data.volumes import read_ct
 from nfrecon.devices import require_memory
 from nfrecon.errors import InputError
@@ -95,6 +96,7 @@ def main(argv: list[str], prog: str) -> int:
                             photons=photons, read_noise=args.read_noise, seed=args.seed, metadata=meta)
     else:
         hu, ct_geom = read_ct(args.volume)
+        meta[SOURCE_CT] = ct_source(args.volume)
         mu = protocol.hu_to_mu(hu)
         scan = simulate_scan(mu, ct_geom, geom, grid, photons=photons, read_noise=args.read_noise, seed=args.seed,
                              step_mm=args.step_mm, device=resolve_device(args.device), metadata=meta,

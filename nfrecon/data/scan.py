@@ -222,8 +222,8 @@ def _read_scan(f: h5py.File) -> Scan:
     )
 
 
-def load_scan(path) -> Scan:
-    """Read a scan written by :func:`save_scan`; every problem is an InputError naming the file."""
+def _read_file(path, read):
+    """``read(h5py.File)`` of the scan file ``path``; every problem is an InputError naming the file."""
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{path}: is a folder, expected a scan file")
@@ -233,8 +233,18 @@ def load_scan(path) -> Scan:
         raise InputError(f"{path}: not an HDF5 file (expected an nfrecon scan, format {FORMAT!r})")
     try:
         with h5py.File(path, "r") as f:
-            return _read_scan(f)
+            return read(f)
     except InputError as exc:
         raise InputError(f"{path}: {exc}") from exc
     except (OSError, KeyError, RuntimeError, ValueError, TypeError) as exc:
         raise InputError(f"{path}: truncated or corrupt HDF5 file ({exc})") from exc
+
+
+def load_scan(path) -> Scan:
+    """Read a scan written by :func:`save_scan`; every problem is an InputError naming the file."""
+    return _read_file(path, _read_scan)
+
+
+def load_scan_metadata(path) -> dict:
+    """The metadata dict of a scan file, without reading its arrays (InputError naming the file)."""
+    return _read_file(path, lambda f: json.loads(f.attrs.get("metadata", "{}")))

@@ -263,6 +263,10 @@ class PretrainConfig:
 
     scans: tuple[Path, ...] = ()
     """Training scans: files, folders (every *.h5 in them) or .txt lists of files, one a line."""
+    exclude_ct: tuple[Path, ...] = ()
+    """Real CT volumes to hold out: every training scan made from one of them (by the digest in
+    its metadata; its augmented variants included) is left out, and backbone.pt records them
+    as held out. The test CTs of a leave-one-out evaluation."""
     out: Path = Path("runs/pretrain")
     """Folder: backbone.pt, checkpoint.pt (+ modulations-<step>/), config.yaml, history.csv, tb/."""
     data: Literal["projections", "voxels"] = "projections"

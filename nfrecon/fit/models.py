@@ -3,17 +3,21 @@
 Method 'naf': a NAF field (hash grid + MLP) on the scan's recon grid, its sigmoid range
 ``[0, mu_max]`` 1/mm, starting near the scan's mean attenuation. Method 'condcbnt': a
 fresh modulation field over the pretrained backbone of ``--backbone`` (its config must be
-``condcbnt.backbone``, its mu_max is the range); the backbone is frozen, or fitted at
+``condcbnt.backbone``, its mu_max is the range; a warning when the scan's CT was among the
+backbone's training CTs); the backbone is frozen, or fitted at
 ``condcbnt.backbone_lr`` from step ``condcbnt.unfreeze_after`` on (a ``start_step`` group,
 see :class:`~nfrecon.fit.loop.FitRun`). Both map the scan's box to the field's unit cube.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
 from nfrecon.data.scan import Scan
+from nfrecon.data.sources import source_sha256
 from nfrecon.errors import InputError
 from nfrecon.fields.conditioned import ConditionedField, ModulationField
 from nfrecon.fields.naf import NAFField
@@ -35,7 +39,12 @@ def build_conditioned(cfg: FitConfig, scan: Scan) -> tuple[ConditionedField, lis
     parameter groups: the modulation at --optim.lr, the backbone (frozen unless
     condcbnt.unfreeze_after > 0) at condcbnt.backbone_lr from that step on."""
     cc = cfg.condcbnt
-    backbone = load_backbone(cfg.require_backbone(), expected=cc.backbone)
+    backbone, file = load_backbone(cfg.require_backbone(), expected=cc.backbone)
+    seen = file.trained_on(source_sha256(scan.metadata))
+    if seen is not None:
+        warnings.warn(f"--backbone {cfg.backbone}: it was pretrained on {seen['scans']} scan(s) made from this "
+                      f"scan's CT ({seen['name']}), so this fit is not a held-out test (pretrain with "
+                      f"--exclude-ct for one)", stacklevel=2)
     if cfg.mu_max > 0 and not np.isclose(cfg.mu_max, float(backbone.mu_max), rtol=1e-6):
         raise InputError(f"--mu-max: condcbnt uses the backbone's range {float(backbone.mu_max):.6g}/mm, "
                          f"got {cfg.mu_max}; leave it at 0")

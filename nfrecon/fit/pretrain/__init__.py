@@ -36,7 +36,7 @@ The modules, one job each:
   the loop; :func:`run_pretrain`.
 """
 
-from nfrecon.fit.pretrain.scans import resolve_scan_paths
+from nfrecon.fit.pretrain.scans import resolve_scan_paths, training_population
 from nfrecon.fit.pretrain.trainer import PretrainResult, run_pretrain
 
-__all__ = ["PretrainResult", "resolve_scan_paths", "run_pretrain"]
+__all__ = ["PretrainResult", "resolve_scan_paths", "run_pretrain", "training_population"]

@@ -4,6 +4,9 @@ must hold, and the attenuation range they share.
 - ``--scans`` items are scan files (nfrecon HDF5 or NAF .pickle), folders (their scan
   files, sorted by name) or .txt lists (one path a line, relative to the list's folder,
   ``#`` comments); a file listed twice is refused.
+- Held-out CTs (``--exclude-ct``): every scan whose metadata names one of those CTs as its
+  source (by digest, :mod:`nfrecon.data.sources`) is left out before sharding; the CTs behind
+  the remaining scans and the held-out ones are recorded in backbone.pt.
 - Sharding: rank r of N owns scans r, r+N, r+2N, ... of that list and reads only those.
   Every rank learns which scans (on any rank) could not be used, so all stop with the same
   message, or all skip the same ones with ``--skip-bad``; a rank left without a scan stops
@@ -26,7 +29,8 @@ from pathlib import Path
 
 import torch
 
-from nfrecon.data.scan import Scan
+from nfrecon.data.scan import Scan, load_scan_metadata
+from nfrecon.data.sources import SOURCE_CT, ct_source, source_sha256
 from nfrecon.errors import InputError
 from nfrecon.fit.distributed import Dist
 from nfrecon.fit.inputs import read_scan
@@ -62,6 +66,57 @@ def resolve_scan_paths(items: Sequence[str | os.PathLike]) -> list[Path]:
         seen.add(key)
         unique.append(p)
     return unique
+
+
+@dataclass
+class Population:
+    """The training scans after holding out CTs, and the real CTs behind them."""
+
+    paths: list[Path]
+    """Scans to train on, in --scans order."""
+    training_cts: list[dict]
+    """{"name", "sha256", "scans"} of every real CT some training scan was made from."""
+    held_out: list[dict]
+    """{"name", "sha256", "scans_left_out"} of every --exclude-ct volume."""
+
+
+def _scan_source(path: Path) -> dict | None:
+    """The source_ct record of a scan file (None: none, a NAF pickle, or unreadable: load_shard reports that)."""
+    if path.suffix.lower() not in (".h5", ".hdf5"):
+        return None
+    try:
+        metadata = load_scan_metadata(path)
+    except InputError:
+        return None
+    return metadata.get(SOURCE_CT) if source_sha256(metadata) else None
+
+
+def hold_out(paths: list[Path], exclude_ct: Sequence[str | os.PathLike]) -> Population:
+    """Leave out of ``paths`` every scan made from one of the ``exclude_ct`` volumes (warns for
+    a held-out CT no scan was made from: nothing to leave out)."""
+    held = {rec["sha256"]: {**rec, "scans_left_out": 0} for rec in map(ct_source, exclude_ct)}
+    kept, cts = [], {}
+    for path in paths:
+        source = _scan_source(path)
+        if source is not None and source["sha256"] in held:
+            held[source["sha256"]]["scans_left_out"] += 1
+            continue
+        kept.append(path)
+        if source is not None:
+            cts.setdefault(source["sha256"], {"name": source["name"], "sha256": source["sha256"], "scans": 0})
+            cts[source["sha256"]]["scans"] += 1
+    for rec in held.values():
+        if rec["scans_left_out"] == 0:
+            warnings.warn(f"--exclude-ct {rec['name']}: no training scan was made from it (nothing left out)",
+                          stacklevel=2)
+    if not kept:
+        raise InputError("--exclude-ct: every training scan was made from a held-out CT; nothing left to train on")
+    return Population(kept, sorted(cts.values(), key=lambda c: c["name"]), list(held.values()))
+
+
+def training_population(scans: Sequence[str | os.PathLike], exclude_ct: Sequence[str | os.PathLike]) -> Population:
+    """The --scans items resolved to files, less those made from the --exclude-ct volumes."""
+    return hold_out(resolve_scan_paths(scans), exclude_ct)
 
 
 @dataclass

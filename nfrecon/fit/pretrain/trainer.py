@@ -45,7 +45,7 @@ from nfrecon.fit.config import PretrainConfig
 from nfrecon.fit.distributed import Dist, init_distributed
 from nfrecon.fit.pretrain import checkpoint as ckpt
 from nfrecon.fit.pretrain.history import History, log_preview, write_summary
-from nfrecon.fit.pretrain.scans import attenuation_range, load_shard, resolve_scan_paths
+from nfrecon.fit.pretrain.scans import Population, attenuation_range, load_shard, training_population
 from nfrecon.fit.pretrain.targets import ProjectionTarget, VoxelTarget, make_target, per_step
 from nfrecon.fit.run import prepare_run_folder
 from nfrecon.fit.schedule import due, lr_factor
@@ -89,8 +89,9 @@ class PretrainResult:
 class Pretrainer:
     """One pretraining job on this rank; build with :func:`run_pretrain`."""
 
-    def __init__(self, cfg: PretrainConfig, d: Dist, paths: list[Path], resume: bool):
+    def __init__(self, cfg: PretrainConfig, d: Dist, population: Population, resume: bool):
         self.cfg, self.d, self.out = cfg, d, Path(cfg.out)
+        self.population = population
         self.device = d.device
         self.stop = StopRequest()
         self.step = 0
@@ -100,7 +101,7 @@ class Pretrainer:
         self.gen = torch.Generator()
         self.jitter_gen = torch.Generator(device=self.device)
         state = d.together(lambda: ckpt.read_resume_state(self.out, cfg)) if resume else None
-        shard = load_shard(d, paths, cfg.data, cfg.skip_bad)
+        shard = load_shard(d, population.paths, cfg.data, cfg.skip_bad)
         self.skipped, self.names = shard.skipped, shard.names
         if state is not None:
             d.together(lambda: ckpt.check_resume_scans(self.out, state, self.names))
@@ -160,7 +161,7 @@ class Pretrainer:
                 "modulations": folder, "seconds": self.seconds(),
             }, keep=folder)
             save_backbone(self.out / ckpt.BACKBONE, self.backbone, self.cfg.model.modulation, self.step,
-                          len(self.names))
+                          len(self.names), self.population.training_cts, self.population.held_out)
         self.d.barrier()
         self.last_checkpoint = self.step
 
@@ -276,14 +277,14 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = False, overwrite: bool = Fa
 
     ``on_step(trainer)`` is called after every step (tests use it to request a stop).
     """
-    paths = resolve_scan_paths(cfg.scans)
+    population = training_population(cfg.scans, cfg.exclude_ct)
     d = init_distributed(cfg.device)
     try:
         out = Path(cfg.out)
         d.together(lambda: prepare_run_folder(out, resume, overwrite))
         if d.is_main and not resume:  # --overwrite: nothing of the earlier run may be mistaken for this one's
             ckpt.clear_earlier_run(out)
-        trainer = Pretrainer(cfg, d, paths, resume)
+        trainer = Pretrainer(cfg, d, population, resume)
         out.mkdir(parents=True, exist_ok=True)
         return trainer.run(on_step)
     finally:
