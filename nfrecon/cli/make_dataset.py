@@ -30,7 +30,8 @@ DESCRIPTION = """Simulate a population of scans for pretraining (CondCBNT backbo
 patients (random thorax/abdomen anatomy, nfrecon.data.procedural), augmented real CTs
 (random crop, rigid motion, elastic deformation, intensity jitter; nfrecon.data.augment),
 or both (mixed: --procedural-fraction of the scans procedural, spread evenly; the CTs take
-turns in the others, so each CT gets about the same number of variants). Each volume is converted to mu with the protocol's HU mapping,
+turns in the others, so each CT gets about the same number of variants). Each volume is
+converted to mu with the protocol's HU mapping,
 projected and given Poisson noise (nfrecon.simulate), and saved with its ground truth on
 the protocol's reconstruction grid as <out>/scan_0000.h5, ... . <out>/dataset.json,
 written last, lists the files with their sources (the CT's name and sha256, also in each
