@@ -121,6 +121,7 @@ def test_augment_reads_dicom_and_metaimage_cts_and_records_their_digests(tmp_pat
     (["--source", "mixed", "--ct", "{d}/missing.npz"], "missing.npz"),
     (["--ct", "{d}/text.npz"], "--ct"),
     (["--patient-config", "{d}/bad.yaml"], "bad.yaml"),
+    (["--source", "mixed", "--ct", "{d}/text.npz", "--procedural-fraction", "1.5"], "--procedural-fraction"),
 ])
 def test_bad_input_one_line_error_exit_2_nothing_written(tmp_path, cli, argv, message):
     (tmp_path / "text.npz").write_text("not an npz archive\n")

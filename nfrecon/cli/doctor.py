@@ -13,7 +13,7 @@ from nfrecon.ops.backend import availability, resolve_backend
 
 DESCRIPTION = """Report the machine (Python, torch, CPU threads, CUDA), where the kernel sources are, and
 for every --backend whether it runs here, with the reason and the fix when it does not. Builds
-the fused kernels if they are not built yet (about a minute the first time)."""
+the fused kernels if they are not built yet (a few minutes the first time)."""
 
 
 @dataclass

@@ -10,7 +10,7 @@ Two libraries are built from the one source tree with ``torch.utils.cpp_extensio
 Each library is named after a hash of its sources, flags, torch and Python versions, so
 an edited kernel builds anew and a stale build is never loaded; builds land in torch's
 extension folder (``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``). The first build takes
-about a minute on 2 cores; later processes load the cached library in milliseconds.
+3-6 minutes on 2 cores; later processes load the cached library in milliseconds.
 
 A build that cannot happen (no compiler, no ninja, no CUDA toolkit) or fails is recorded
 with a one-line reason and the fix; :func:`load` returns it instead of raising, so callers
@@ -137,7 +137,7 @@ def _build(kind: str, root: Path) -> BuildResult:
     include = [str(root), str(root / "include")]
     build = build_root() / name
     if not (build / f"{name}.so").is_file():
-        sys.stderr.write(f"nfrecon: building the fused {kind} kernels in {build} (once per machine; about a minute)\n")
+        sys.stderr.write(f"nfrecon: building the fused {kind} kernels in {build} (once per machine; a few minutes)\n")
     build.mkdir(parents=True, exist_ok=True)
     try:
         path = jit_load(
