@@ -138,8 +138,8 @@ def group_summary(rows: list[dict], target_gap: float | None) -> dict:
 
 def markdown(doc: dict) -> str:
     lines = [f"# CondCBNT leave-one-out benchmark, {doc['size']}^3", "",
-             f"Command: `{doc['command']}`; commit {doc['commit']}; {doc['machine']['cpu']}, "
-             f"{doc['machine']['cores']} cores.", "",
+             (f"Command: `{doc['command']}`; commit {doc['commit']}; {doc['machine']['cpu']}, "
+              f"{doc['machine']['cores']} cores."), "",
              f"Population: {doc['population']['summary']}. Pretraining: {doc['pretraining']['summary']}.", "",
              "| group | volume | method | PSNR dB | SSIM 3D | seconds | peak MiB |", "|---|---|---|---|---|---|---|"]
     for group in doc["groups"]:
@@ -244,7 +244,8 @@ def main() -> int:
         "size": size,
         "population": {
             "count": manifest["count"], "procedural_scans": manifest["procedural_scans"],
-            "cts": [{"file": Path(c["file"]).name, "sha256": c["sha256"], "scans": c["scans"]} for c in manifest["cts"]],
+            "cts": [{"file": Path(c["file"]).name, "sha256": c["sha256"], "scans": c["scans"]}
+                    for c in manifest["cts"]],
             "summary": f"{manifest['count']} scans: {manifest['procedural_scans']} procedural patients and "
                        f"{args.variants} augmented variants of each of {len(cts)} real patient CTs; condcbnt "
                        f"protocol at {size}^3, 50 views, 1e5 photons",
