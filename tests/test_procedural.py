@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from nfrecon.data.procedural import PatientConfig, generate_patient
+from nfrecon.data.procedural import AIR_HU, PatientConfig, generate_patient
 from nfrecon.data.resample import resample
 from nfrecon.errors import InputError
 
@@ -83,11 +83,21 @@ def test_same_patient_at_two_resolutions():
     assert np.abs(a - down).mean() < 0.3 * np.abs(a - other).mean()
 
 
+def test_scan_length_keeps_a_contiguous_range_of_the_same_patient():
+    full, _ = generate_patient(4, SMALL)
+    short, _ = generate_patient(4, dataclasses.replace(SMALL, scan_length=(0.5, 0.5)))
+    kept = np.flatnonzero((short != AIR_HU).any(axis=(1, 2)))
+    assert len(kept) == 20 and np.array_equal(kept, np.arange(kept[0], kept[0] + 20))
+    np.testing.assert_array_equal(short[kept], full[kept])  # the other draws are unchanged
+    assert np.all(short[: kept[0]] == AIR_HU) and np.all(short[kept[-1] + 1:] == AIR_HU)
+
+
 @pytest.mark.parametrize("change, message", [
     ({"body_aspect": (0.8, 0.6)}, "body_aspect"),
     ({"shape": (0, 10, 10)}, "shape"),
     ({"fov_radius_mm": -5.0}, "fov_radius_mm"),
     ({"lung_nodules": (-1, 2)}, "lung_nodules"),
+    ({"scan_length": (0.0, 0.5)}, "scan_length"),
 ])
 def test_bad_config_is_an_input_error(change, message):
     with pytest.raises(InputError, match=message):

@@ -42,7 +42,10 @@ class PatientConfig:
     vessel), lesion counts and radii, gas pockets in the bowel, the probability of an
     iodine-contrast (enhanced blood) patient, tissue HU ranges. ``table``: add a couch slab
     of ``table_hu``. Texture: ``smooth_hu`` (amplitude of a smooth intensity variation),
-    ``texture_hu`` (std of a fine noise of correlation length ``texture_mm``).
+    ``texture_hu`` (std of a fine noise of correlation length ``texture_mm``). Extent:
+    ``scan_length`` (fraction of the grid's z extent the scan covers: a random contiguous
+    range of slices of that length keeps the patient, the others are air, as in a CT shorter
+    than the box; (1, 1): the whole box).
     """
 
     shape: tuple[int, int, int] = (128, 128, 128)
@@ -78,6 +81,7 @@ class PatientConfig:
     smooth_hu: float = 15.0
     texture_hu: float = 10.0
     texture_mm: float = 2.0
+    scan_length: Range = (1.0, 1.0)
 
     def __post_init__(self):
         self.geometry()  # validates shape, voxel size, centre
@@ -108,6 +112,7 @@ class PatientConfig:
             "lesion_radius_mm": self.lesion_radius_mm[0] > 0,
             "gas_pockets": self.gas_pockets[0] >= 0,
             "contrast_probability": 0 <= self.contrast_probability <= 1,
+            "scan_length": 0 < self.scan_length[0] and self.scan_length[1] <= 1,
         }
         for name, ok in checks.items():
             if not ok:

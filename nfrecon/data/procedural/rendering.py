@@ -278,7 +278,7 @@ def generate_patient(seed: int, cfg: PatientConfig | None = None) -> tuple[np.nd
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise InputError(f"seed: must be a non-negative integer, got {seed!r}")
     geom = cfg.geometry()
-    anatomy_ss, texture_ss, table_ss = np.random.SeedSequence(int(seed)).spawn(3)
+    anatomy_ss, texture_ss, table_ss, extent_ss = np.random.SeedSequence(int(seed)).spawn(4)
     rng, table_rng = np.random.default_rng(anatomy_ss), np.random.default_rng(table_ss)
     half_width, aspect = uniform(rng, cfg.body_half_width_mm), uniform(rng, cfg.body_aspect)
     thickness = uniform(table_rng, TABLE_MM)  # room for a table is kept with or without one: same patient
@@ -297,4 +297,10 @@ def generate_patient(seed: int, cfg: PatientConfig | None = None) -> tuple[np.nd
         c, s = math.cos(frame.theta), math.sin(frame.theta)
         paint_table(cv, table_rng, cfg, frame.cy - math.hypot(extent[0] * s, extent[1] * c) * frame.scale, thickness)
     np.clip(cv.hu, HU_MIN, HU_MAX, out=cv.hu)
+    if cfg.scan_length != (1.0, 1.0):
+        extent_rng, nz = np.random.default_rng(extent_ss), geom.shape[0]
+        keep = min(nz, max(1, round(uniform(extent_rng, cfg.scan_length) * nz)))
+        start = int(extent_rng.integers(0, nz - keep + 1))
+        cv.hu[:start] = AIR_HU
+        cv.hu[start + keep:] = AIR_HU
     return cv.hu, geom
