@@ -17,8 +17,8 @@ from nfrecon.configio import load_yaml, merge, to_dict
 from nfrecon.data.augment import AugmentConfig, augment_ct
 from nfrecon.data.procedural import PatientConfig, generate_patient
 from nfrecon.data.scan import save_scan
-from nfrecon.data.sources import SOURCE_CT
-from nfrecon.data.volumes import read_ct, volume_sha256
+from nfrecon.data.sources import SOURCE_CT, ct_source
+from nfrecon.data.volumes import read_ct
 from nfrecon.devices import require_memory
 from nfrecon.errors import InputError
 from nfrecon.fsutil import atomic_write_text, check_output_dir
@@ -110,12 +110,13 @@ def _config(default, path: Path | None):
 
 
 def _read_cts(paths) -> list[dict]:
-    """Each CT read once: path, sha256 (of its file, or a DICOM folder's files), HU volume and
+    """Each CT read once: path, source_ct record (name, sha256 of its file or a DICOM folder's files), HU
     geometry (read_ct names the file on errors)."""
     cts = []
     for path in paths:
         hu, geom = read_ct(path)
-        cts.append({"path": Path(path), "sha256": volume_sha256(path), "hu": hu, "geom": geom})
+        source = ct_source(path)
+        cts.append({"path": Path(path), "source": source, "sha256": source["sha256"], "hu": hu, "geom": geom})
     return cts
 
 
@@ -174,7 +175,7 @@ def main(argv: list[str], prog: str) -> int:
                 ct = cts[kind]
                 hu, vol_geom = augment_ct(ct["hu"], ct["geom"], volume_seed, augment_cfg, grid), grid
                 entry.update(source="augment", ct=ct["path"].name, ct_sha256=ct["sha256"], augment_seed=volume_seed)
-                meta[SOURCE_CT] = {"name": ct["path"].name, "sha256": ct["sha256"]}
+                meta[SOURCE_CT] = ct["source"]
             entry["noise_seed"] = noise_seed
             with warnings.catch_warnings():  # one summary below instead of a warning per scan
                 warnings.filterwarnings("ignore", message="volume outside the field of view")
