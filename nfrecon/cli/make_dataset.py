@@ -110,8 +110,8 @@ def _config(default, path: Path | None):
 
 
 def _read_cts(paths) -> list[dict]:
-    """Each CT read once: path, source_ct record (name, sha256 of its file or a DICOM folder's files), HU
-    geometry (read_ct names the file on errors)."""
+    """Each CT read once: path, source_ct record (name, sha256 of its file or a DICOM folder's
+    files), HU volume and geometry (read_ct names the file on errors)."""
     cts = []
     for path in paths:
         hu, geom = read_ct(path)
