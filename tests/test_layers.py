@@ -16,6 +16,7 @@ LAYERS = [
     ("fields",),
     ("render",),
     ("fit",),
+    ("learned",),
     ("bench",),
     ("cli", "__main__"),
 ]

@@ -18,6 +18,8 @@ COMMANDS = {
     "iterative": ("nfrecon.cli.iterative", "iterative reconstruction of a scan (CGLS, SIRT, OS-SART, TV)"),
     "make-dataset": ("nfrecon.cli.make_dataset", "simulate a population of scans (procedural and augmented CTs)"),
     "pretrain": ("nfrecon.cli.pretrain", "pretrain a CondCBNT backbone across scans (DDP via torchrun)"),
+    "train-learned": ("nfrecon.cli.train_learned", "train a learned primal-dual or FDK + U-Net across scans"),
+    "recon": ("nfrecon.cli.recon", "reconstruct a scan with a trained learned model (lpd, unet)"),
     "bench": ("nfrecon.cli.bench", "results table of every method on one protocol"),
     "eval": ("nfrecon.cli.evaluate", "PSNR/SSIM of a reconstruction against a ground truth (JSON)"),
     "import-rtk": ("nfrecon.cli.import_rtk", "a scan file from an RTK projection stack (.mha) and geometry XML"),
