@@ -201,3 +201,26 @@ def test_normalised_operator_is_water_per_box_and_adjoint_up_to_its_constant(op6
     assert abs(lhs - rhs) <= 1e-9 * abs(lhs)
     chord = op64.forward(torch.ones_like(x))  # water through the box: of order one
     assert 0.5 < float(chord.max()) < 2.0
+
+
+def test_bench_has_rows_for_learned_models_and_refuses_a_missing_one(tmp_path, cli):
+    from test_pretrain import _npz_ct
+
+    ct = _npz_ct(tmp_path / "ct.npz", 4)
+    pop = tmp_path / "pop"
+    assert cli("make-dataset", "--out", pop, "--count", "4", "--source", "mixed", "--procedural-fraction", "0.5",
+               "--ct", ct, "--protocol", "small", "--size", "12", "--views", "6", "--seed", "3")[0] == 0
+    cfg = _cfg(pop, tmp_path / "lpd", steps=2, val_every=2, val_count=1)
+    run_training(cfg)
+    bench = ["bench", "--ct", ct, "--protocol", "small", "--size", "12", "--views", "6", "--noise", "noisy",
+             "--threads", "1", "--no-isolate", "--out"]
+    code, _, _ = cli(*bench, tmp_path / "b", "--methods", "fdk", "lpd", "--lpd-model", tmp_path / "lpd" / "model.pt")
+    assert code == 0
+    import json
+
+    doc = json.loads((tmp_path / "b" / "results.json").read_text())
+    rows = {r["method"]: r for r in doc["results"]}
+    assert rows["lpd"]["status"] == "ok" and rows["lpd"]["metrics"]["psnr_db"] > 0
+    assert "Learned primal-dual" in (tmp_path / "b" / "results.md").read_text()
+    code, _, err = cli(*bench, tmp_path / "c", "--methods", "unet")
+    assert code == 2 and "--methods unet: needs --unet-model" in err

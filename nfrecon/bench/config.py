@@ -8,10 +8,10 @@ from typing import Literal
 
 from nfrecon.bench.iterative import DEFAULT_LAM
 
-MethodName = Literal["fdk", "iterative", "naf", "condcbnt"]
+MethodName = Literal["fdk", "iterative", "naf", "condcbnt", "lpd", "unet"]
 NoiseName = Literal["noisy", "clean"]
 METHOD_NAMES: tuple[str, ...] = MethodName.__args__
-DEFAULT_METHODS = ("fdk", "iterative", "naf")  # + condcbnt when a backbone is given
+DEFAULT_METHODS = ("fdk", "iterative", "naf")  # + condcbnt / lpd / unet when their model is given
 
 
 @dataclass
@@ -35,7 +35,8 @@ class BenchConfig:
     """Incident photons per pixel of the noisy condition (default: the protocol's, 1e5 for
     condcbnt; e.g. 1e4 for a low-dose condition)."""
     methods: tuple[MethodName, ...] | None = None
-    """Methods (default: fdk iterative naf, plus condcbnt when --backbone is given)."""
+    """Methods (default: fdk iterative naf, plus condcbnt with --backbone, lpd with --lpd-model, unet with
+    --unet-model)."""
     skip: tuple[str, ...] = ()
     """METHOD:VIEWS pairs not to run, e.g. iterative:400 (the published table has no iterative
     result at 400 views, and TV there is the bench's slowest run on a CPU)."""
@@ -48,6 +49,10 @@ class BenchConfig:
     """CondCBNT preset from configs/ (test-time fitting of the modulation field)."""
     backbone: Path | None = None
     """Pretrained CondCBNT backbone (backbone.pt from 'nfrecon pretrain'); enables condcbnt."""
+    lpd_model: Path | None = None
+    """Learned primal-dual (model.pt from 'nfrecon train-learned --method lpd'); enables lpd."""
+    unet_model: Path | None = None
+    """FDK + U-Net (model.pt from 'nfrecon train-learned --method unet'); enables unet."""
     iterative_iters: int | None = None
     """Iterations of the iterative baseline (TV, Chambolle-Pock; default: its tuned default)."""
     lam: float = DEFAULT_LAM

@@ -1,9 +1,10 @@
 """The bench's methods: each reconstructs one scan file into a run folder and reports time and quality.
 
-A job is a JSON-able dict: ``method`` (fdk, iterative, naf, condcbnt), ``scan`` (HDF5
+A job is a JSON-able dict: ``method`` (fdk, iterative, naf, condcbnt, lpd, unet), ``scan`` (HDF5
 path), ``out`` (run folder), ``device``, ``threads`` (torch threads or None) and the
 method's options (iterative: ``iters``, ``lam``; naf/condcbnt: ``fit`` (a FitConfig as
-a dict, preset applied), ``steps`` (cap or None), ``curve_points``, ``seed``).
+a dict, preset applied), ``steps`` (cap or None), ``curve_points``, ``seed``; lpd/unet:
+``model``, the model.pt).
 :func:`run_job` returns the record the tables are made of:
 
 - ``seconds``: wall time of the reconstruction on the loaded scan, from the projections
@@ -34,10 +35,13 @@ from nfrecon.bench.memory import MemoryProbe
 from nfrecon.configio import from_dict
 from nfrecon.data.scan import Scan, load_scan
 from nfrecon.devices import resolve_device
+from nfrecon.errors import InputError
 from nfrecon.fields import evaluate_grid
 from nfrecon.fit.config import FitConfig
 from nfrecon.fit.loop import FitRun
 from nfrecon.fit.run import run_fit
+from nfrecon.learned.modelfile import load_model
+from nfrecon.learned.recon import reconstruct_learned
 from nfrecon.metrics import psnr
 from nfrecon.outputs.results import write_results
 from nfrecon.recon.fdk import fdk
@@ -134,7 +138,22 @@ def _run_neural(scan: Scan, job: dict, device: torch.device) -> dict:
     return {"seconds": seconds, "metrics": quality, "curve": curve, "curve_eval_seconds": clock.excluded, "info": info}
 
 
-RUNNERS = {"fdk": _run_fdk, "iterative": _run_iterative, "naf": _run_neural, "condcbnt": _run_neural}
+def _run_learned(scan: Scan, job: dict, device: torch.device) -> dict:
+    model = load_model(job["model"])
+    if model.method != job["method"]:
+        raise InputError(f"--{job['method']}-model {job['model']}: holds a {model.method} model")
+    clock = Clock(device)
+    result = reconstruct_learned(model, scan, device, job.get("backend", "auto"), source=job["scan"])
+    seconds = clock.elapsed()
+    info = {"model": job["model"], "setup_seconds": result.setup_seconds, "network_seconds": result.network_seconds}
+    metrics = write_results(job["out"], result.volume, scan.recon_geom, gt=scan.gt, title=job["method"],
+                            info={"method": job["method"], "seconds": seconds, **info})
+    quality = _quality(metrics["vs_ground_truth"])
+    return {"seconds": seconds, "metrics": quality, "curve": [[seconds, quality["psnr_db"], 1]], "info": info}
+
+
+RUNNERS = {"fdk": _run_fdk, "iterative": _run_iterative, "naf": _run_neural, "condcbnt": _run_neural,
+           "lpd": _run_learned, "unet": _run_learned}
 
 
 def _warm_up_optimizer() -> None:

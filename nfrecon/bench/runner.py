@@ -164,7 +164,9 @@ def plan(cfg: BenchConfig, fits: dict[str, FitSetup], command: str) -> Plan:
         raise InputError(f"--noise: give noisy and/or clean once each, got {list(cfg.noise)}")
     if "noisy" in cfg.noise and not protocol.photons > 0:
         raise InputError(f"--noise noisy: protocol {protocol.name!r} has no photon count (photons = 0)")
-    methods = cfg.methods or DEFAULT_METHODS + (("condcbnt",) if cfg.backbone is not None else ())
+    models = {"lpd": cfg.lpd_model, "unet": cfg.unet_model}
+    methods = cfg.methods or DEFAULT_METHODS + (("condcbnt",) if cfg.backbone is not None else ()) + tuple(
+        m for m, path in models.items() if path is not None)
     if len(set(methods)) != len(methods):
         raise InputError(f"--methods: a method is listed twice: {list(methods)}")
     if "condcbnt" in methods:
@@ -172,6 +174,11 @@ def plan(cfg: BenchConfig, fits: dict[str, FitSetup], command: str) -> Plan:
             raise InputError("--methods condcbnt: needs --backbone (backbone.pt from 'nfrecon pretrain')")
         if not Path(cfg.backbone).is_file():
             raise InputError(f"--backbone {cfg.backbone}: no such file")
+    for method, path in models.items():
+        if method in methods and path is None:
+            raise InputError(f"--methods {method}: needs --{method}-model (model.pt from 'nfrecon train-learned')")
+        if method in methods and not Path(path).is_file():
+            raise InputError(f"--{method}-model {path}: no such file")
     for method in methods:
         if method in ("naf", "condcbnt") and method not in fits:
             raise InputError(f"--methods {method}: no fit configuration given for it")
@@ -221,6 +228,8 @@ def _job(plan: Plan, method: str, scan_path: Path, run_dir: Path) -> dict:
            "threads": cfg.threads, "backend": cfg.backend}
     if method == "iterative":
         job.update(iters=cfg.iterative_iters, lam=cfg.lam)
+    elif method in ("lpd", "unet"):
+        job.update(model=str(cfg.lpd_model if method == "lpd" else cfg.unet_model))
     elif method in ("naf", "condcbnt"):
         fit = dataclasses.replace(plan.fits[method].config, backbone=cfg.backbone if method == "condcbnt" else None)
         job.update(fit=to_dict(fit), steps=cfg.steps, curve_points=cfg.curve_points, seed=cfg.seed)

@@ -22,9 +22,10 @@ from nfrecon.bench.published import PUBLISHED, SOURCE
 from nfrecon.fsutil import atomic_write_text
 from nfrecon.outputs.progress import format_duration
 
-METHOD_ORDER = ("fdk", "iterative", "naf", "condcbnt")
+METHOD_ORDER = ("fdk", "iterative", "naf", "condcbnt", "unet", "lpd")
 NOISE_ORDER = ("noisy", "clean")
-LABELS = {"fdk": "FDK", "iterative": "Iterative (TV)", "naf": "NAF", "condcbnt": "CondCBNT"}
+LABELS = {"fdk": "FDK", "iterative": "Iterative (TV)", "naf": "NAF", "condcbnt": "CondCBNT", "unet": "FDK + U-Net",
+          "lpd": "Learned primal-dual"}
 
 DEFINITIONS = {
     "mean_std": "mean over the volumes +- sample standard deviation (ddof = 1; none for one volume)",
